@@ -1,0 +1,1 @@
+"""Graph model, workflow formats, validation, planning, execution and caching. No diffusers here."""

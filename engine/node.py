@@ -1,0 +1,174 @@
+"""The native way to write a node: a small declarative class.
+
+    class EmptyLatentImage(Node):
+        '''Creates an empty latent batch to start sampling from.'''
+        category = "latent"
+        inputs = [Int("width", 512, min=16, max=16384, step=8, tooltip="Width in pixels."), ...]
+        outputs = [Out("LATENT")]
+
+        def run(self, width, height, batch_size):
+            return ({"samples": ...},)
+
+`run` may be `async def`. It returns a tuple of outputs (one per declared output), a single value
+when the node declares exactly one output and the value is not a tuple, or a `NodeOutput` carrying a UI
+payload and/or an expansion. Optional classmethods: `fingerprint(**constants)` (the node re-runs when
+the value changes), `validate(**constants)` (True or an error string); optional method
+`check_lazy(**inputs)` returning the lazy inputs still needed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+from .schema import InputSpec, NodeSchema, OutputSpec
+
+INT_MAX = 0xFFFFFFFFFFFFFFFF
+
+
+def _spec(name, type_, default, optional, hidden=False, **kw) -> InputSpec:
+    section = "hidden" if hidden else ("optional" if optional else "required")
+    known = {k: kw.pop(k) for k in list(kw) if k in InputSpec.__dataclass_fields__}
+    return InputSpec(name=name, type=type_, section=section, default=default, extra=kw, **known)
+
+
+def Int(name: str, default: int = 0, *, min: int = -INT_MAX, max: int = INT_MAX, step: int = 1,
+        tooltip: str = "", optional: bool = False, lazy: bool = False, **extra) -> InputSpec:
+    return _spec(name, "INT", default, optional, min=min, max=max, step=step, tooltip=tooltip,
+                 lazy=lazy, **extra)
+
+
+def Seed(name: str = "seed", default: int = 0, *, tooltip: str = "Random seed.", **extra) -> InputSpec:
+    """An INT seed; the editor adds its 'control after generate' widget."""
+    return Int(name, default, min=0, max=INT_MAX, tooltip=tooltip, control_after_generate=True, **extra)
+
+
+def Float(name: str, default: float = 0.0, *, min: float = -1e18, max: float = 1e18, step: float = 0.01,
+          round: float | bool | None = None, tooltip: str = "", optional: bool = False,
+          lazy: bool = False, **extra) -> InputSpec:
+    return _spec(name, "FLOAT", default, optional, min=min, max=max, step=step, round=round,
+                 tooltip=tooltip, lazy=lazy, **extra)
+
+
+def String(name: str, default: str = "", *, multiline: bool = False, tooltip: str = "",
+           optional: bool = False, lazy: bool = False, **extra) -> InputSpec:
+    return _spec(name, "STRING", default, optional, multiline=multiline, tooltip=tooltip, lazy=lazy,
+                 **extra)
+
+
+def Boolean(name: str, default: bool = False, *, tooltip: str = "", optional: bool = False,
+            lazy: bool = False, **extra) -> InputSpec:
+    return _spec(name, "BOOLEAN", default, optional, tooltip=tooltip, lazy=lazy, **extra)
+
+
+def Combo(name: str, options: list | Callable[[], list], default: Any = None, *, tooltip: str = "",
+          optional: bool = False, lazy: bool = False, **extra) -> InputSpec:
+    """A choice among `options` (a list, or a callable listing them at validation/export time)."""
+    return _spec(name, "COMBO", default, optional, options=options, tooltip=tooltip, lazy=lazy,
+                 **extra)
+
+
+def Input(name: str, type: str, *, tooltip: str = "", optional: bool = False, lazy: bool = False,
+          **extra) -> InputSpec:
+    """A socket input (IMAGE, LATENT, MODEL, ...): always linked, never a widget."""
+    return _spec(name, type, None, optional, tooltip=tooltip, lazy=lazy, **extra)
+
+
+def Hidden(name: str, type: str) -> InputSpec:
+    """Values the engine supplies: PROMPT, EXTRA_PNGINFO, UNIQUE_ID, DYNPROMPT."""
+    return _spec(name, type, None, True, hidden=True)
+
+
+def Out(type: str, name: str | None = None, *, is_list: bool = False, tooltip: str = "") -> OutputSpec:
+    return OutputSpec(type=type, name=name, is_list=is_list, tooltip=tooltip)
+
+
+@dataclass
+class NodeOutput:
+    """A node's result with extras: a UI payload (output nodes) and/or an expansion.
+
+    `expand` is an API-format graph of new nodes; values in `outputs` may then be links
+    `[local_id, slot]` into it, and the node's outputs become those nodes' outputs.
+    """
+
+    outputs: tuple = ()
+    ui: dict | None = None
+    expand: dict | None = None
+
+    def __init__(self, *outputs, ui: dict | None = None, expand: dict | None = None):
+        self.outputs, self.ui, self.expand = tuple(outputs), ui, expand
+
+
+@dataclass(frozen=True)
+class Blocker:
+    """An output value that stops its consumers from running. With a message, that is an error."""
+
+    message: str | None = None
+
+
+class Node:
+    name: ClassVar[str | None] = None  # registry name; the class name when None
+    category: ClassVar[str] = "genloom"
+    display_name: ClassVar[str | None] = None
+    description: ClassVar[str | None] = None  # the docstring's first paragraph when None
+    version: ClassVar[str] = "1.0.0"
+    output_node: ClassVar[bool] = False
+    not_idempotent: ClassVar[bool] = False
+    input_is_list: ClassVar[bool] = False
+    inputs: ClassVar[list[InputSpec]] = []
+    outputs: ClassVar[list[OutputSpec]] = []
+
+    def run(self, **inputs):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @classmethod
+    def schema(cls) -> NodeSchema:
+        cached = cls.__dict__.get("_schema")
+        if cached is not None:
+            return cached
+        doc = cls.description
+        if doc is None:
+            doc = (cls.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ").strip()
+        validate = getattr(cls, "validate", None)
+        schema = NodeSchema(
+            name=cls.name or cls.__name__,
+            inputs=list(cls.inputs),
+            outputs=list(cls.outputs),
+            factory=cls,
+            function="run",
+            category=cls.category,
+            display_name=cls.display_name or _spaced(cls.name or cls.__name__),
+            description=doc,
+            python_module=cls.__module__,
+            output_node=cls.output_node,
+            version=cls.version,
+            not_idempotent=cls.not_idempotent,
+            input_is_list=cls.input_is_list,
+            fingerprint=getattr(cls, "fingerprint", None),
+            validate=validate,
+            validate_params=_param_names(validate),
+            validate_wants_input_types="input_types" in _param_names(validate),
+            check_lazy="check_lazy" if hasattr(cls, "check_lazy") else None,
+        )
+        cls._schema = schema
+        return schema
+
+
+def _param_names(fn) -> frozenset:
+    if fn is None:
+        return frozenset()
+    import inspect
+
+    params = inspect.signature(fn).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return frozenset({"*"})  # takes everything: all built-in range checks are its own
+    return frozenset(p.name for p in params)
+
+
+def _spaced(name: str) -> str:
+    out = []
+    for i, ch in enumerate(name):
+        if i and ch.isupper() and not name[i - 1].isupper():
+            out.append(" ")
+        out.append(ch)
+    return "".join(out)
