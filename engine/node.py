@@ -71,6 +71,8 @@ def Combo(name: str, options: list | Callable[[], list], default: Any = None, *,
 def Input(name: str, type: str, *, tooltip: str = "", optional: bool = False, lazy: bool = False,
           **extra) -> InputSpec:
     """A socket input (IMAGE, LATENT, MODEL, ...): always linked, never a widget."""
+    if type in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"):  # a primitive socket: not a widget
+        extra.setdefault("force_input", True)
     return _spec(name, type, None, optional, tooltip=tooltip, lazy=lazy, **extra)
 
 
@@ -166,9 +168,13 @@ def _param_names(fn) -> frozenset:
 
 
 def _spaced(name: str) -> str:
+    """'CLIPSetLastLayer' -> 'CLIP Set Last Layer'."""
     out = []
     for i, ch in enumerate(name):
-        if i and ch.isupper() and not name[i - 1].isupper():
-            out.append(" ")
+        if i and ch.isupper():
+            prev_lower = name[i - 1].islower() or name[i - 1].isdigit()
+            next_lower = i + 1 < len(name) and name[i + 1].islower()
+            if prev_lower or (name[i - 1].isupper() and next_lower):
+                out.append(" ")
         out.append(ch)
     return "".join(out)

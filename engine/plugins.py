@@ -80,3 +80,16 @@ def load_folder(registry: Registry, folder: str | Path) -> list[str]:
 
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}\n" + "".join(traceback.format_exception(exc)[-3:])
+
+
+def load_registry(plugins_dirs=(), entry_points_too: bool = True) -> Registry:
+    """Built-in packs, then installed entry points, then each plugins folder (none overrides a built-in)."""
+    registry = Registry()
+    registry.load_builtins()
+    if entry_points_too:
+        load_entry_points(registry)
+    if isinstance(plugins_dirs, (str, Path)):
+        plugins_dirs = [plugins_dirs]
+    for folder in plugins_dirs or ():
+        load_folder(registry, folder)
+    return registry

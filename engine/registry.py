@@ -46,7 +46,11 @@ class Registry:
             schema = compile_v1(name or node.__name__, node, display_name, module or node.__module__)
         else:
             raise NodeDefinitionError(f"{node!r} is neither a genloom Node nor a ComfyUI node class")
+        if self.nodes.get(schema.name) is schema:  # a pack re-exporting a class already registered
+            return schema
         schema.source = source
+        if source != "builtin":  # the editor shows the pack of nodes whose module is custom_nodes.<pack>
+            schema.python_module = f"custom_nodes.{source.removeprefix('entry point ')}"
         self.add(schema)
         return schema
 
@@ -57,11 +61,9 @@ class Registry:
             count += self._try(lambda: self.register(cls, source=source), source, getattr(cls, "__name__", cls))
         mappings = getattr(module, "NODE_CLASS_MAPPINGS", None) or {}
         display = getattr(module, "NODE_DISPLAY_NAME_MAPPINGS", None) or {}
-        pack = source if source != "builtin" else module.__name__
         for name, cls in mappings.items():
             count += self._try(
-                lambda: self.register(cls, name=name, display_name=display.get(name), source=source,
-                                      module=pack if source != "builtin" else None)
+                lambda: self.register(cls, name=name, display_name=display.get(name), source=source)
                 if is_v1_class(cls) else self.register(cls, source=source), source, name)
         return count
 

@@ -42,7 +42,8 @@ class InputSpec:
     @property
     def is_widget(self) -> bool:
         """Inputs the editor shows as widgets (and stores in widgets_values)."""
-        return self.section != "hidden" and self.type in PRIMITIVE_TYPES and not self.force_input
+        return (self.section != "hidden" and self.type in PRIMITIVE_TYPES and not self.force_input
+                and not self.extra.get("forceInput"))  # a native node may spell it the ComfyUI way
 
     def combo_options(self) -> list:
         opts = self.options
@@ -135,8 +136,7 @@ class NodeSchema:
         order: dict[str, list] = {"required": []}
         for spec in self.inputs:
             sections.setdefault(spec.section, {})[spec.name] = spec.export()
-            if spec.section != "hidden":
-                order.setdefault(spec.section, []).append(spec.name)
+            order.setdefault(spec.section, []).append(spec.name)  # ComfyUI lists hidden ones too
         return {
             "input": sections,
             "input_order": order,

@@ -32,7 +32,9 @@ def _input_spec(name: str, section: str, decl) -> InputSpec:
     elif type_ == "COMBO" and "options" in opts:
         options = list(opts["options"])
     known = {k: opts[k] for k in _SPEC_KEYS if k in opts}
-    extra = {k: v for k, v in opts.items() if k not in _SPEC_KEYS and k not in ("forceInput", "options")}
+    # Explicit False/"" settings are kept verbatim too, so /object_info gives back what was declared.
+    extra = {k: v for k, v in opts.items()
+             if k != "options" and (k not in _SPEC_KEYS and k != "forceInput" or v is False or v == "")}
     return InputSpec(name=name, type=str(type_), section=section, options=options,
                      force_input=bool(opts.get("forceInput", False)), extra=extra, **known)
 
