@@ -1,0 +1,220 @@
+"""The public face of the engine: load, validate and run workflows, with a cache kept between runs.
+
+    engine = genloom.Engine(cache="ram:4GB")
+    result = engine.run("workflow.json", on_event=print)
+
+One run at a time per engine (runs are serialised by a lock); `interrupt()` may be called from any
+thread and stops the run in progress at the next node boundary or `ctx.progress` call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import threading
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from . import context
+from .cache import Cache, make_cache
+from .context import Interrupted
+from .executor import Execution, ExecutionError
+from .folders import Folders, default_models_dirs
+from .registry import Registry
+
+__all__ = ["Engine", "RunResult", "WorkflowError", "ExecutionError", "Interrupted"]
+
+
+class WorkflowError(Exception):
+    """The workflow cannot run: `error` and `node_errors` in ComfyUI's validation shapes."""
+
+    def __init__(self, error: dict, node_errors: dict | None = None):
+        self.error = error
+        self.node_errors = node_errors or {}
+        lines = [f"{error.get('message', 'invalid workflow')}" + (f": {error['details']}" if error.get("details")
+                                                                  and "\n" not in error["details"] else "")]
+        for node_id, record in self.node_errors.items():
+            for e in record.get("errors", ()):
+                lines.append(f"  node {node_id} ({record.get('class_type')}): {e.get('message')}: {e.get('details')}")
+        super().__init__("\n".join(lines))
+
+
+@dataclass
+class RunResult:
+    prompt_id: str
+    outputs: dict[str, dict] = field(default_factory=dict)  # node id -> UI payload
+    executed: list[str] = field(default_factory=list)  # ran this time
+    cached: list[str] = field(default_factory=list)  # served from the cache
+    node_errors: dict = field(default_factory=dict)  # outputs left out because they failed validation
+    errors: list[dict] = field(default_factory=list)  # execution_error payloads of blocked nodes
+
+
+class Engine:
+    def __init__(self, plugins_dir: str | Path | None = None, cache: str | Cache = "default",
+                 device: str = "auto", models_dirs: list | None = None, input_dir: str | Path | None = None,
+                 output_dir: str | Path | None = None, temp_dir: str | Path | None = None,
+                 load_builtins: bool = True):
+        """`load_builtins=False` gives a bare registry (no built-in packs, no entry-point packs)."""
+        from . import plugins
+
+        self.registry = Registry()
+        if load_builtins:
+            self.registry.load_builtins()
+            plugins.load_entry_points(self.registry)
+        if plugins_dir is not None:
+            plugins.load_folder(self.registry, plugins_dir)
+        folders = Folders()
+        if models_dirs:
+            user = [Path(p) for p in models_dirs]
+            folders.models_dirs = user + [p for p in default_models_dirs() if p not in user]
+        for name, value in (("input_dir", input_dir), ("output_dir", output_dir), ("temp_dir", temp_dir)):
+            if value is not None:
+                setattr(folders, name, Path(value))
+        self.folders = folders
+        self.cache = make_cache(cache)
+        self.device = device
+        self.options: dict[str, Any] = {"cache": self.cache.spec, "device": device}
+        self._device: str | None = None if device == "auto" else device
+        self._interrupt = threading.Event()
+        self._lock = threading.Lock()
+        self._free_hooks: list[Callable[[], Any]] = [_free_models]
+        self._kinds: dict = {}
+
+    # ---- workflows ----------------------------------------------------------------------------
+    def load(self, workflow):
+        """Any supported workflow format -> `Workflow` (WorkflowError when it cannot be read)."""
+        from .ui_import import UIImportError
+        from .workflow import WorkflowFormatError, load_workflow
+
+        try:
+            return load_workflow(workflow, self.registry)
+        except (WorkflowFormatError, UIImportError) as exc:
+            raise WorkflowError({"type": "invalid_prompt", "message": "Cannot read the workflow",
+                                 "details": str(exc), "extra_info": {}}) from None
+
+    def validate(self, workflow, outputs: list[str] | None = None):
+        return self._checked(self.load(workflow).graph, outputs)
+
+    def _checked(self, graph: dict, outputs):
+        """Validate inside this engine's context: COMBO lists (models, inputs) come from its folders."""
+        from .validate import validate
+
+        token = context.use(context.RunContext(device_choice=self.device, folders=self.folders,
+                                               options=self.options))
+        try:
+            return validate(graph, self.registry, outputs)
+        finally:
+            context.reset(token)
+
+    # ---- running ------------------------------------------------------------------------------
+    def run(self, workflow, outputs: list[str] | None = None, on_event: Callable[[str, dict], Any] | None = None,
+            prompt_id: str | None = None, extra_data: dict | None = None) -> RunResult:
+        """Run to completion in this thread (events are delivered synchronously from it)."""
+        coro = self._run(workflow, outputs, on_event, prompt_id, extra_data)
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(coro)
+        # Called from inside an event loop (a notebook, a coroutine): run on a helper thread.
+        box: dict = {}
+
+        def target():
+            try:
+                box["result"] = asyncio.run(coro)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+                box["error"] = exc
+
+        thread = threading.Thread(target=target, name="genloom-run")
+        thread.start()
+        thread.join()
+        if "error" in box:
+            raise box["error"]
+        return box["result"]
+
+    async def run_async(self, workflow, outputs: list[str] | None = None, on_event=None,
+                        prompt_id: str | None = None, extra_data: dict | None = None) -> RunResult:
+        """The same run, awaited in the caller's loop: sync nodes block that loop while they run."""
+        return await self._run(workflow, outputs, on_event, prompt_id, extra_data)
+
+    async def _run(self, workflow, outputs, on_event, prompt_id, extra_data) -> RunResult:
+        with _gc_paused():
+            wf = self.load(workflow)
+            validation = self._checked(wf.graph, outputs)
+        if validation.error is not None:
+            raise WorkflowError(validation.error, validation.node_errors)
+        prompt_id = prompt_id or str(uuid.uuid4())
+        while not self._lock.acquire(blocking=False):  # polling stays safe if this task is cancelled
+            await asyncio.sleep(0.01)
+        try:
+            self._interrupt.clear()
+            ctx = context.RunContext(device_choice=self.device, folders=self.folders,
+                                     emit=on_event or _quiet, interrupt_flag=self._interrupt,
+                                     prompt_id=prompt_id, options=self.options, _device=self._device)
+            execution = Execution(self.registry, self.cache, ctx, on_event, wf.graph, extra_data, self._kinds)
+            token = context.use(ctx)
+            try:
+                with _gc_paused():
+                    execution.plan(validation)
+                await execution.execute()
+            finally:
+                context.reset(token)
+                self._device = ctx._device
+                self.cache.end_run(execution.cache_keys())
+                if on_event is not None:
+                    on_event("executing", {"node": None, "display_node": None, "prompt_id": prompt_id})
+        finally:
+            self._lock.release()
+        executed = set(execution.executed)
+        return RunResult(prompt_id=prompt_id, outputs=execution.outputs, executed=execution.executed,
+                         cached=_unique([i for i in execution.listed_cached if i not in executed]
+                                        + execution.served),
+                         node_errors=validation.node_errors, errors=execution.errors)
+
+    # ---- control ------------------------------------------------------------------------------
+    def interrupt(self) -> None:
+        """Stop the run in progress (thread-safe); completed nodes stay cached."""
+        self._interrupt.set()
+
+    def add_free_hook(self, fn: Callable[[], Any]) -> None:
+        """`fn()` is called by `free()`, e.g. to unload models."""
+        self._free_hooks.append(fn)
+
+    def free(self) -> None:
+        """Drop every cached result and let the free hooks release what they hold."""
+        self.cache.clear()
+        for hook in list(self._free_hooks):
+            hook()
+        gc.collect()
+
+
+def _free_models() -> None:
+    """Offload the generation nodes' models (imports no torch when none was ever loaded)."""
+    from ..nodes.models import memory
+
+    memory.free_all()
+
+
+def _quiet(event: str, data: dict) -> None:
+    pass
+
+
+@contextmanager
+def _gc_paused():
+    """No cyclic GC while building the run's bookkeeping: it allocates many small objects that all
+    survive, and collecting them repeatedly made planning superlinear in the graph size. Nodes
+    themselves always run with the collector on."""
+    enabled = gc.isenabled()
+    if enabled:
+        gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _unique(ids: list[str]) -> list[str]:
+    return list(dict.fromkeys(ids))
