@@ -1,0 +1,264 @@
+"""`genloom serve`: ComfyUI's HTTP/websocket API and its web editor in front of a genloom Engine.
+
+Every API route answers at `/x` and `/api/x`. The data folder holds input/, output/, temp/, user/ and
+the SQLite database, so a restarted server finds its queue, history and saved workflows again.
+SIGTERM/SIGINT stop it cleanly: the running prompt is interrupted and marked, pending ones stay queued.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiohttp import web
+
+from .files import Files
+from .logs import LogBuffer
+from .queue import Worker
+from .routes import Routes
+from .security import is_loopback, make_middlewares
+from .store import Store
+from .userdata import UserData
+from .ws import Hub
+
+log = logging.getLogger("genloom.server")
+
+MiB = 1024 * 1024
+# The editor page may only talk to this server: no model-download probes, telemetry or remote assets
+# leave the user's machine, whatever a loaded workflow links to.
+EDITOR_CSP = ("connect-src 'self' blob: data:; img-src 'self' blob: data:; media-src 'self' blob: data:; "
+              "font-src 'self' data:; frame-src 'self'; object-src 'none'")
+
+
+@dataclass
+class Config:
+    host: str = "127.0.0.1"
+    port: int = 8188
+    data_dir: Path = field(default_factory=lambda: Path.cwd() / "data")
+    plugins_dirs: list[Path] = field(default_factory=list)
+    models_dirs: list[Path] | None = None
+    cache: str = "default"
+    device: str = "auto"
+    token: str | None = None
+    max_upload: int = 50 * MiB
+    max_pixels: int = 64 * 1024 * 1024
+    shutdown_grace: float = 10.0
+    editor: bool = True
+    argv: list[str] = field(default_factory=list)
+
+
+def frontend_static() -> Path | None:
+    """The editor's files from the optional comfyui-frontend-package wheel (genloom[editor])."""
+    try:
+        import comfyui_frontend_package
+    except ImportError:
+        return None
+    static = Path(comfyui_frontend_package.__file__).resolve().parent / "static"
+    return static if (static / "index.html").is_file() else None
+
+
+class Server:
+    """The state the routes work on: engine, store, websocket hub, worker and file areas."""
+
+    def __init__(self, config: Config, engine=None):
+        self.config = config
+        data = Path(config.data_dir)
+        dirs = {kind: data / kind for kind in ("input", "output", "temp")}
+        for d in dirs.values():
+            d.mkdir(parents=True, exist_ok=True)
+        if engine is None:
+            from ..engine.api import Engine
+            from ..engine.plugins import load_folder
+
+            first, *more = config.plugins_dirs or [None]
+            engine = Engine(plugins_dir=first, cache=config.cache, device=config.device,
+                            models_dirs=config.models_dirs, input_dir=dirs["input"], output_dir=dirs["output"],
+                            temp_dir=dirs["temp"])
+            for folder in more:
+                load_folder(engine.registry, folder)
+        for problem in engine.registry.problems:
+            log.warning("node pack %s: %s", problem.get("source"), problem.get("message", "").strip())
+        self.engine = engine
+        self.folders = engine.folders
+        self.store = Store(data / "genloom.db")
+        if self.store.recovered:
+            log.warning("marked %d prompt(s) failed that were running when the server last stopped",
+                        len(self.store.recovered))
+        self.hub = Hub(self.status, {"supports_preview_metadata": False, "max_upload_size": config.max_upload})
+        self.worker = Worker(engine, self.store, self.hub)
+        self.files = Files(dirs, config.max_upload, config.max_pixels)
+        self.userdata = UserData(data / "user")
+        self.logs = LogBuffer(self.hub)
+
+    def status(self) -> dict:
+        return {"status": {"exec_info": {"queue_remaining": self.store.remaining()}}}
+
+    def _with_folders(self, fn):
+        """Run `fn` with this server's folders current, so COMBO lists (models, inputs) are ours."""
+        from ..engine import context
+
+        token = context.use(context.RunContext(device_choice=self.config.device, folders=self.folders))
+        try:
+            return fn()
+        finally:
+            context.reset(token)
+
+    def validate(self, prompt: dict, outputs: list[str] | None):
+        return self._with_folders(lambda: self.engine.validate(prompt, outputs=outputs))
+
+    def object_info(self, name: str | None = None) -> dict:
+        """Node definitions; a node whose option list cannot be computed is left out and logged, so
+        one broken pack never keeps the editor from starting."""
+        registry = self.engine.registry
+        names = list(registry.nodes) if name is None else [name] if name in registry else []
+        return self._with_folders(lambda: dict(filter(None, (self._entry(registry[n]) for n in names))))
+
+    @staticmethod
+    def _entry(schema):
+        try:
+            return schema.name, schema.object_info()
+        except Exception as exc:  # noqa: BLE001 - reported, the rest still listed
+            log.warning("node %s left out of /object_info: %s: %s", schema.name, type(exc).__name__, exc)
+            return None
+
+    def devices(self) -> list[dict]:
+        if self.config.device == "cpu":
+            return [_device("cpu", "cpu", None, 0, 0)]
+        try:
+            import torch
+        except ImportError:
+            return [_device("cpu", "cpu", None, 0, 0)]
+        if not torch.cuda.is_available():
+            return [_device("cpu", "cpu", None, 0, 0)]
+        out = []
+        for i in range(torch.cuda.device_count()):
+            free, total = torch.cuda.mem_get_info(i)
+            out.append(_device(f"cuda:{i} {torch.cuda.get_device_name(i)}", "cuda", i, total, free))
+        return out
+
+
+def _device(name, type_, index, total, free) -> dict:
+    return {"name": name, "type": type_, "index": index, "vram_total": total, "vram_free": free,
+            "torch_vram_total": total, "torch_vram_free": free}
+
+
+def build_app(server: Server) -> web.Application:
+    config = server.config
+    app = web.Application(client_max_size=config.max_upload + MiB,
+                          middlewares=make_middlewares(config.token, is_loopback(config.host)))
+    for method, path, handler in Routes(server).table() + server.userdata.routes() + server.logs.routes():
+        app.router.add_route(method, path, handler)
+        app.router.add_route(method, "/api" + path, handler)
+    static = frontend_static() if config.editor else None
+    if static is not None:
+        index = static / "index.html"
+
+        async def editor(request):
+            return web.FileResponse(index, headers={"Cache-Control": "no-cache",
+                                                    "Content-Security-Policy": EDITOR_CSP})
+
+        app.router.add_get("/", editor)
+        app.router.add_static("/", static)
+    else:
+        app.router.add_get("/", _no_editor)
+
+    async def on_startup(app):
+        server.hub.loop = asyncio.get_running_loop()
+        logging.getLogger("genloom").addHandler(server.logs)
+        server.worker.start()
+
+    async def on_cleanup(app):
+        logging.getLogger("genloom").removeHandler(server.logs)
+
+    app.on_startup.append(on_startup)
+    app.on_cleanup.append(on_cleanup)
+    return app
+
+
+async def _no_editor(request):
+    return web.Response(text="genloom server. The web editor is not installed: pip install 'genloom[editor]'\n")
+
+
+async def serve(server: Server, ready=None, stop: asyncio.Event | None = None) -> None:
+    """Serve until SIGTERM/SIGINT (or `stop` is set), then stop the worker, sockets and the store."""
+    config = server.config
+    app = build_app(server)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.port)
+    await site.start()
+    port = runner.addresses[0][1]
+    print(f"genloom serving on http://{config.host}:{port}", flush=True)
+    if ready is not None:
+        ready(port)
+    loop = asyncio.get_running_loop()
+    if stop is None:
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        print("genloom: stopping", flush=True)
+        clean = await loop.run_in_executor(None, server.worker.stop, config.shutdown_grace)
+        if not clean:
+            log.warning("the running prompt did not stop within %.0f s; it was marked failed",
+                        config.shutdown_grace)
+        await server.hub.close_all()
+        await runner.cleanup()
+        server.store.close()
+
+
+def parse_args(argv: list[str]) -> Config:
+    p = argparse.ArgumentParser(prog="genloom serve", description="Serve ComfyUI's API and web editor.")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8188, help="port (default 8188; 0 picks a free one)")
+    p.add_argument("--plugins-dir", type=Path, action="append", default=[],
+                   help="folder of node packs to load (repeatable)")
+    p.add_argument("--data-dir", type=Path, default=Path("data"),
+                   help="input, output, temp, user data and the database (default ./data)")
+    p.add_argument("--models-dir", type=Path, action="append", help="model folder (repeatable)")
+    p.add_argument("--cache", default="default", help="cache policy, as for genloom run")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--token", default=os.environ.get("GENLOOM_TOKEN"),
+                   help="access token (required when binding anything but loopback; env GENLOOM_TOKEN)")
+    p.add_argument("--max-upload-mb", type=int, default=50, help="largest accepted upload (default 50)")
+    p.add_argument("--no-editor", action="store_true", help="serve the API only")
+    args = p.parse_args(argv)
+    return Config(host=args.host, port=args.port, data_dir=args.data_dir.resolve(),
+                  plugins_dirs=args.plugins_dir, models_dirs=args.models_dir, cache=args.cache,
+                  device=args.device, token=args.token or None, max_upload=args.max_upload_mb * MiB,
+                  editor=not args.no_editor, argv=["genloom", "serve", *argv])
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["serve"]:
+        argv = argv[1:]
+    config = parse_args(argv)
+    if not is_loopback(config.host) and not config.token:
+        print(f"genloom serve: binding {config.host} exposes the server to the network; "
+              "give an access token with --token (or GENLOOM_TOKEN)", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        server = Server(config)
+    except Exception as exc:  # noqa: BLE001 - a clear message instead of a traceback at startup
+        print(f"genloom serve: could not start: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    try:
+        asyncio.run(serve(server))
+    except OSError as exc:
+        print(f"genloom serve: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

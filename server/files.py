@@ -1,0 +1,194 @@
+"""Uploads into and downloads from the input/output/temp folders, never anywhere else.
+
+Every name and subfolder from a request goes through `safe_join`, links are refused, and an upload
+must decode as an image within the size and pixel limits before it is written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import mimetypes
+import os
+from pathlib import Path
+
+from aiohttp import web
+
+from ..engine.folders import UnsafePath, safe_join
+from .security import BadRequest
+
+IMAGE_FORMATS = {"PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF"}
+_MAX_PARTS = 16
+_FORM_SLACK = 256 * 1024  # the other form fields and multipart framing
+
+
+class Files:
+    def __init__(self, folders: dict[str, Path], max_upload: int, max_pixels: int):
+        self.folders = folders  # "input" | "output" | "temp" -> folder
+        self.max_upload, self.max_pixels = max_upload, max_pixels
+
+    def folder(self, kind: str | None, default: str = "output") -> Path:
+        kind = kind or default
+        if kind not in self.folders:
+            raise BadRequest(f"type must be one of {sorted(self.folders)}, not {kind!r}", "invalid_type")
+        return self.folders[kind]
+
+    def resolve(self, kind: str | None, subfolder: str, filename: str, default: str = "output") -> Path:
+        """A file's path under its folder; refuses traversal, absolute paths and links."""
+        base = self.folder(kind, default)
+        if not filename:
+            raise BadRequest("filename is required", "invalid_filename")
+        try:
+            path = safe_join(base, subfolder or "", filename)
+        except UnsafePath as exc:
+            raise BadRequest(str(exc), "invalid_path", 403) from None
+        unresolved = Path(base).resolve().joinpath(*(p for p in (subfolder, filename) if p))
+        for part in [unresolved, *unresolved.parents]:
+            if part == Path(base).resolve():
+                break
+            if part.is_symlink():
+                raise BadRequest("links are not served", "invalid_path", 403)
+        return path
+
+    # --- /view ---
+
+    async def view(self, request: web.Request) -> web.StreamResponse:
+        q = request.query
+        path = self.resolve(q.get("type"), q.get("subfolder", ""), q.get("filename", ""))
+        if not path.is_file():
+            raise web.HTTPNotFound(text=f"file not found: {q.get('filename')}")
+        preview, channel = q.get("preview"), q.get("channel")
+        if not preview and channel in (None, "", "rgba"):
+            ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+            return web.FileResponse(path, headers={"Content-Type": ctype, "Cache-Control": "no-cache"})
+        body, ctype = await asyncio.get_running_loop().run_in_executor(None, _transform, path, preview, channel)
+        return web.Response(body=body, content_type=ctype)
+
+    # --- /upload/image and /upload/mask ---
+
+    async def upload_mask(self, request: web.Request) -> web.Response:
+        return await self.upload(request, mask=True)
+
+    async def upload(self, request: web.Request, mask: bool = False) -> web.Response:
+        if not request.content_type.startswith("multipart/"):
+            raise BadRequest("upload as multipart/form-data with an 'image' field", "invalid_upload")
+        if request.content_length is not None and request.content_length > self.max_upload + _FORM_SLACK:
+            raise BadRequest(f"upload too large (limit {self.max_upload} bytes)", "upload_too_large", 413)
+        fields, data, name, parts = {}, None, None, 0
+        reader = await request.multipart()
+        async for part in reader:
+            parts += 1
+            if parts > _MAX_PARTS:
+                raise BadRequest(f"too many form fields (limit {_MAX_PARTS})", "invalid_upload")
+            if part.name == "image":
+                name = part.filename or ""
+                data = await _read_limited(part, self.max_upload)
+            elif part.name in ("overwrite", "subfolder", "type", "original_ref"):
+                fields[part.name] = (await _read_limited(part, 64 * 1024)).decode("utf-8", "replace")
+            else:
+                await part.release()
+        if data is None:
+            raise BadRequest("no 'image' field in the upload", "invalid_upload")
+        if not name or "/" in name or "\\" in name or name in (".", "..") or "\x00" in name:
+            raise BadRequest(f"invalid file name {name!r}", "invalid_filename")
+        kind = fields.get("type") or "input"
+        subfolder = fields.get("subfolder", "")
+        overwrite = fields.get("overwrite", "").lower() in ("true", "1")
+        loop = asyncio.get_running_loop()
+        image = await loop.run_in_executor(None, self._check_image, data)
+        if mask:
+            data = await loop.run_in_executor(None, self._apply_mask, image, fields.get("original_ref"))
+        path = self.resolve(kind, subfolder, name, default="input")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path = _free_name(path, overwrite, data)
+        if not (path.exists() and path.read_bytes() == data):
+            tmp = path.with_name(f".{path.name}.part")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        return web.json_response({"name": path.name, "subfolder": subfolder, "type": kind})
+
+    def _check_image(self, data: bytes):
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            image = Image.open(io.BytesIO(data))
+            if image.format not in IMAGE_FORMATS:
+                raise BadRequest(f"unsupported image format {image.format}", "invalid_image")
+            w, h = image.size
+            if w * h > self.max_pixels:
+                raise BadRequest(f"image too large: {w}x{h} pixels (limit {self.max_pixels})", "image_too_large", 413)
+            image.verify()
+        except BadRequest:
+            raise
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+            raise BadRequest(f"not a readable image: {exc}", "invalid_image") from None
+        return Image.open(io.BytesIO(data))
+
+    def _apply_mask(self, mask_image, original_ref: str | None) -> bytes:
+        """The original image with the uploaded mask's alpha as its alpha channel, as PNG."""
+        from PIL import Image
+
+        try:
+            ref = json.loads(original_ref or "")
+            if not isinstance(ref, dict):
+                raise ValueError("not an object")
+        except ValueError:
+            raise BadRequest("original_ref must be JSON {filename, subfolder, type}", "invalid_upload") from None
+        path = self.resolve(ref.get("type"), ref.get("subfolder", ""), ref.get("filename", ""), default="input")
+        if not path.is_file():
+            raise BadRequest(f"original image not found: {ref.get('filename')}", "not_found", 404)
+        with Image.open(path) as original:
+            out = original.convert("RGBA")
+        alpha = mask_image.convert("RGBA").getchannel("A").resize(out.size)
+        out.putalpha(alpha)
+        buf = io.BytesIO()
+        out.save(buf, format="PNG")
+        return buf.getvalue()
+
+
+async def _read_limited(part, limit: int) -> bytes:
+    chunks, size = [], 0
+    while chunk := await part.read_chunk(256 * 1024):
+        size += len(chunk)
+        if size > limit:
+            raise BadRequest(f"upload too large (limit {limit} bytes)", "upload_too_large", 413)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _free_name(path: Path, overwrite: bool, data: bytes) -> Path:
+    """Keep an existing file unless told to overwrite: a different upload gets 'name (1).ext'."""
+    if overwrite or not path.exists() or path.read_bytes() == data:
+        return path
+    n = 1
+    while True:
+        candidate = path.with_name(f"{path.stem} ({n}){path.suffix}")
+        if not candidate.exists() or candidate.read_bytes() == data:
+            return candidate
+        n += 1
+
+
+def _transform(path: Path, preview: str | None, channel: str | None) -> tuple[bytes, str]:
+    """/view's preview=format;quality and channel=rgb|a|rgba options."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        img.load()
+    if channel == "rgb":
+        img = img.convert("RGB")
+    elif channel == "a":
+        alpha = img.convert("RGBA").getchannel("A")
+        img = Image.merge("RGBA", (alpha, alpha, alpha, alpha))
+    fmt, quality = "png", 90
+    if preview:
+        fmt, _, q = preview.partition(";")
+        fmt = fmt.lower()
+        if fmt not in ("webp", "jpeg", "png"):
+            raise BadRequest(f"preview format must be webp, jpeg or png, not {fmt!r}", "invalid_preview")
+        quality = int(q) if q.isdigit() else 90
+    if fmt == "jpeg":
+        img = img.convert("RGB")
+    buf = io.BytesIO()
+    img.save(buf, format=fmt.upper(), quality=quality)
+    return buf.getvalue(), f"image/{fmt}"

@@ -1,0 +1,183 @@
+"""The editor's per-user storage: settings and files (saved workflows land in user/default/workflows).
+
+genloom serves one user, "default", which is what the editor expects of a single-user server
+(`{"storage": "server", "migrated": true}`). Every path from a request stays inside that user's folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+from urllib.parse import unquote
+
+from aiohttp import web
+
+from ..engine.folders import UnsafePath, safe_join
+from .security import BadRequest, read_json
+
+USER = "default"
+SETTINGS_FILE = "comfy.settings.json"
+
+
+class UserData:
+    def __init__(self, user_root: Path):
+        self.root = Path(user_root) / USER
+        for folder in ("workflows", "subgraphs"):  # the editor lists these at boot
+            (self.root / folder).mkdir(parents=True, exist_ok=True)
+        self._settings_lock = threading.Lock()
+
+    def routes(self) -> list[tuple[str, str, object]]:
+        return [
+            ("GET", "/users", self.get_users),
+            ("POST", "/users", self.post_users),
+            ("GET", "/settings", self.get_settings),
+            ("POST", "/settings", self.post_settings),
+            ("GET", "/settings/{id}", self.get_setting),
+            ("POST", "/settings/{id}", self.post_setting),
+            ("GET", "/userdata", self.list_files),
+            ("GET", "/v2/userdata", self.list_v2),
+            ("GET", "/userdata/{file}", self.get_file),
+            ("POST", "/userdata/{file}", self.post_file),
+            ("DELETE", "/userdata/{file}", self.delete_file),
+            ("POST", "/userdata/{file}/move/{dest}", self.move_file),
+        ]
+
+    def path(self, rel: str) -> Path:
+        rel = unquote(rel or "")
+        if not rel.strip("/"):
+            raise BadRequest("a file path is required", "invalid_path")
+        try:
+            return safe_join(self.root, rel)
+        except UnsafePath as exc:
+            raise BadRequest(str(exc), "invalid_path", 403) from None
+
+    # --- users ---
+
+    async def get_users(self, request):
+        return web.json_response({"storage": "server", "migrated": True})
+
+    async def post_users(self, request):
+        raise BadRequest("genloom serves a single user; there are no users to create", "single_user")
+
+    # --- settings ---
+
+    def _settings_path(self) -> Path:
+        return self.root / SETTINGS_FILE
+
+    def load_settings(self) -> dict:
+        try:
+            data = json.loads(self._settings_path().read_text("utf-8"))
+            return data if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def _update_settings(self, changes: dict) -> None:
+        with self._settings_lock:
+            settings = self.load_settings()
+            settings.update(changes)
+            _atomic_write(self._settings_path(), json.dumps(settings, indent=2).encode())
+
+    async def get_settings(self, request):
+        return web.json_response(self.load_settings())
+
+    async def get_setting(self, request):
+        return web.json_response(self.load_settings().get(request.match_info["id"]))
+
+    async def post_settings(self, request):
+        body = await read_json(request)
+        if not isinstance(body, dict):
+            raise BadRequest("settings must be a JSON object {id: value}", "invalid_settings")
+        self._update_settings(body)
+        return web.Response(status=200)
+
+    async def post_setting(self, request):
+        self._update_settings({request.match_info["id"]: await read_json(request)})
+        return web.Response(status=200)
+
+    # --- files ---
+
+    def _info(self, path: Path, base: Path) -> dict:
+        st = path.stat()
+        return {"path": path.relative_to(base).as_posix(), "size": st.st_size, "modified": st.st_mtime}
+
+    async def list_files(self, request):
+        q = request.query
+        if not q.get("dir"):
+            raise BadRequest("the 'dir' query parameter is required", "invalid_path")
+        base = self.path(q["dir"])
+        if not base.is_dir():
+            raise web.HTTPNotFound(text=f"no such folder: {q['dir']}")
+        recurse = q.get("recurse", "").lower() == "true"
+        files = sorted(p for p in (base.rglob("*") if recurse else base.iterdir())
+                       if p.is_file() and not p.name.startswith("."))
+        if q.get("full_info", "").lower() == "true":
+            return web.json_response([self._info(p, base) for p in files])
+        rel = [p.relative_to(base).as_posix() for p in files]
+        if q.get("split", "").lower() == "true":
+            return web.json_response([[r, *r.split("/")] for r in rel])
+        return web.json_response(rel)
+
+    async def list_v2(self, request):
+        rel = request.query.get("path", "")
+        base = self.path(rel) if rel.strip("/") else self.root
+        if not base.is_dir():
+            raise web.HTTPNotFound(text=f"no such folder: {rel}")
+        out = []
+        for p in sorted(base.iterdir()):
+            if p.name.startswith("."):
+                continue
+            item = {"name": p.name, "path": p.relative_to(self.root).as_posix(),
+                    "type": "directory" if p.is_dir() else "file"}
+            if p.is_file():
+                st = p.stat()
+                item.update(size=st.st_size, modified=st.st_mtime)
+            out.append(item)
+        return web.json_response(out)
+
+    async def get_file(self, request):
+        path = self.path(request.match_info["file"])
+        if not path.is_file():
+            raise web.HTTPNotFound(text="file not found")
+        return web.FileResponse(path)
+
+    async def post_file(self, request):
+        path = self.path(request.match_info["file"])
+        overwrite = request.query.get("overwrite", "true").lower() != "false"
+        if path.exists() and not overwrite:
+            return web.json_response({"error": {"type": "exists", "message": "file exists"}}, status=409)
+        body = await request.read()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(path, body)
+        return self._written(request, path)
+
+    def _written(self, request, path: Path):
+        if request.query.get("full_info", "").lower() == "true":
+            return web.json_response(self._info(path, self.root))
+        return web.json_response(path.relative_to(self.root).as_posix())
+
+    async def delete_file(self, request):
+        path = self.path(request.match_info["file"])
+        if not path.is_file():
+            raise web.HTTPNotFound(text="file not found")
+        path.unlink()
+        return web.Response(status=204)
+
+    async def move_file(self, request):
+        source = self.path(request.match_info["file"])
+        dest = self.path(request.match_info["dest"])
+        if not source.is_file():
+            raise web.HTTPNotFound(text="file not found")
+        overwrite = request.query.get("overwrite", "true").lower() != "false"
+        if dest.exists() and not overwrite:
+            return web.json_response({"error": {"type": "exists", "message": "destination exists"}}, status=409)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(source, dest)
+        return self._written(request, dest)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.part")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)

@@ -1,0 +1,137 @@
+"""The /ws endpoint and the hub that routes events: a prompt's events to its submitter, status to all.
+
+Every connection has its own outgoing queue drained by one task, so messages reach a client in the
+order they were produced, and the worker thread only ever does a non-blocking `put_nowait` through
+`call_soon_threadsafe`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import struct
+import uuid
+
+from aiohttp import WSMsgType, web
+
+log = logging.getLogger("genloom.server")
+
+PREVIEW_IMAGE = 1
+MAX_CLIENT_ID = 128
+FORMAT_JPEG = 1
+
+
+def preview_frame(image, quality: int = 85) -> bytes:
+    """A binary preview frame: type (4 bytes, big-endian), format (4 bytes), JPEG bytes."""
+    import io
+
+    buf = io.BytesIO()
+    image.convert("RGB").save(buf, format="JPEG", quality=quality)
+    return struct.pack(">II", PREVIEW_IMAGE, FORMAT_JPEG) + buf.getvalue()
+
+
+class Client:
+    def __init__(self, sid: str, ws: web.WebSocketResponse):
+        self.sid, self.ws = sid, ws
+        self.outbox: asyncio.Queue = asyncio.Queue()
+        self.feature_flags: dict = {}
+        self.task = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        while True:
+            msg = await self.outbox.get()
+            if msg is None:
+                return
+            try:
+                if isinstance(msg, bytes):
+                    await self.ws.send_bytes(msg)
+                else:
+                    await self.ws.send_str(msg)
+            except (ConnectionError, RuntimeError):
+                return
+
+
+class Hub:
+    """Connected clients by sid (the clientId they connected with, or a fresh one)."""
+
+    def __init__(self, status_fn, server_flags: dict):
+        self.clients: dict[str, Client] = {}
+        self._status_fn = status_fn  # () -> status event data
+        self.server_flags = server_flags
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    # Called on the loop thread. A prompt submitted without a client_id has no one to report to:
+    # its events go to every client, as ComfyUI's do.
+    def send(self, sid: str | None, event: str, data) -> None:
+        self._put(sid, json.dumps({"type": event, "data": data}, default=str))
+
+    def send_bytes(self, sid: str | None, frame: bytes) -> None:
+        self._put(sid, frame)
+
+    def _put(self, sid: str | None, msg) -> None:
+        if not sid:
+            for client in list(self.clients.values()):
+                client.outbox.put_nowait(msg)
+            return
+        client = self.clients.get(sid)
+        if client is not None:
+            client.outbox.put_nowait(msg)
+
+    def listening(self, sid: str | None) -> bool:
+        """Whether anyone would receive a prompt's events (saves encoding previews for no one)."""
+        return bool(self.clients) if not sid else sid in self.clients
+
+    def broadcast_status(self) -> None:
+        self._put(None, json.dumps({"type": "status", "data": self._status_fn()}))
+
+    # Called from any thread.
+    def send_threadsafe(self, sid, event, data) -> None:
+        self.loop.call_soon_threadsafe(self.send, sid, event, data)
+
+    def send_bytes_threadsafe(self, sid, frame: bytes) -> None:
+        self.loop.call_soon_threadsafe(self.send_bytes, sid, frame)
+
+    def broadcast_status_threadsafe(self) -> None:
+        self.loop.call_soon_threadsafe(self.broadcast_status)
+
+    async def close_all(self) -> None:
+        for client in list(self.clients.values()):
+            client.outbox.put_nowait(None)
+            await client.ws.close(code=1001, message=b"server shutting down")
+
+    async def handle(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(heartbeat=30, max_msg_size=1 << 20)
+        await ws.prepare(request)
+        sid = request.query.get("clientId") or ""
+        if not sid or len(sid) > MAX_CLIENT_ID:
+            sid = uuid.uuid4().hex
+        old = self.clients.pop(sid, None)
+        if old is not None:  # the same client reconnecting: the newer socket wins
+            old.outbox.put_nowait(None)
+        client = Client(sid, ws)
+        self.clients[sid] = client
+        try:
+            status = self._status_fn()
+            client.outbox.put_nowait(json.dumps({"type": "status", "data": {**status, "sid": sid}}))
+            async for msg in ws:
+                if msg.type == WSMsgType.TEXT:
+                    self._on_text(client, msg.data)
+                elif msg.type == WSMsgType.ERROR:
+                    break
+        finally:
+            if self.clients.get(sid) is client:
+                del self.clients[sid]
+            client.outbox.put_nowait(None)
+        return ws
+
+    def _on_text(self, client: Client, text: str) -> None:
+        try:
+            msg = json.loads(text)
+        except ValueError:
+            log.debug("ignored a websocket message that is not JSON from %s", client.sid)
+            return
+        if isinstance(msg, dict) and msg.get("type") == "feature_flags":
+            data = msg.get("data")
+            client.feature_flags = data if isinstance(data, dict) else {}
+            client.outbox.put_nowait(json.dumps({"type": "feature_flags", "data": self.server_flags}))
