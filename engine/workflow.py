@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from .migrations import CURRENT_VERSION, MigrationError, migrate
+from .pngtext import PNG_SIGNATURE, read_png_text
 from .ui_import import UIImportError, ui_to_api
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 class WorkflowFormatError(ValueError):
@@ -47,7 +46,7 @@ def load_workflow(source: Any, registry=None) -> Workflow:
         return source
     if isinstance(source, (bytes, bytearray)):
         if bytes(source[:8]) == PNG_SIGNATURE:
-            return _from_png_chunks(_png_text_bytes(bytes(source)), registry, "bytes")
+            return _from_png_chunks(read_png_text(bytes(source)), registry, "bytes")
         source = bytes(source).decode("utf-8")
     if isinstance(source, str) and source.lstrip().startswith(("{", "[")):
         return from_data(_parse_json(source, "the given text"), registry)
@@ -70,7 +69,7 @@ def _from_path(path: Path, registry) -> Workflow:
         with open(path, "rb") as fh:
             head = fh.read(8)
             if head == PNG_SIGNATURE:
-                return _from_png_chunks(_png_text(path), registry, str(path))
+                return _from_png_chunks(read_png_text(path), registry, str(path))
             text = (head + fh.read()).decode("utf-8-sig")
     except FileNotFoundError:
         raise WorkflowFormatError(f"workflow file not found: {path}") from None
@@ -79,22 +78,6 @@ def _from_path(path: Path, registry) -> Workflow:
     except UnicodeDecodeError:
         raise WorkflowFormatError(f"{path} is neither JSON text nor a PNG image") from None
     return from_data(_parse_json(text, str(path)), registry)
-
-
-def _png_text(path: Path) -> dict:
-    from PIL import Image
-
-    with Image.open(path) as img:
-        return dict(getattr(img, "text", None) or img.info)
-
-
-def _png_text_bytes(data: bytes) -> dict:
-    import io
-
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as img:
-        return dict(getattr(img, "text", None) or img.info)
 
 
 def _from_png_chunks(chunks: dict, registry, where: str) -> Workflow:

@@ -122,13 +122,26 @@ def _expand_prefix(prefix: str, images) -> str:
     return prefix
 
 
+def png_metadata(prompt=None, extra_pnginfo: dict | None = None):
+    """A PIL PngInfo carrying "prompt" and each extra_pnginfo key as JSON, as ComfyUI writes them;
+    genloom.engine.pngtext reads them back."""
+    import json
+
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    if prompt is not None:
+        info.add_text("prompt", json.dumps(prompt))
+    for key, value in (extra_pnginfo or {}).items():
+        info.add_text(str(key), json.dumps(value))
+    return info
+
+
 def save_images(images, folder: Path, prefix: str, kind: str, node: str, prompt=None,
                 extra_pnginfo=None, compress_level: int = 4) -> list[dict]:
     """Write each image as `{prefix}_{counter:05}_.png` under `folder`; returns the UI entries."""
     import numpy as np
     from PIL import Image
-
-    from .pnginfo import png_metadata
 
     prefix = _expand_prefix(prefix, images).replace("\\", "/")
     subfolder, _, name = prefix.rpartition("/")

@@ -15,7 +15,7 @@ from genloom.engine.registry import Registry
 from genloom.nodes import image as image_nodes
 from genloom.nodes.image import (ImagePadForOutpaint, ImageScale, ImageScaleBy, ImageScaleToTotalPixels,
                                  LoadImage, PreviewImage, SaveImage)
-from genloom.nodes.pnginfo import read_png_json, read_png_text
+from genloom.engine.pngtext import read_png_json, read_png_text
 
 torch.set_num_threads(2)
 

@@ -1,7 +1,7 @@
-"""PNG text chunks: how a saved picture carries the workflow that made it.
+"""Reading PNG text chunks: how a saved picture carries the workflow that made it.
 
 SaveImage writes the API graph under "prompt" and each extra_pnginfo key (the editor's "workflow")
-as JSON text; the workflow loader reads them back. Reading parses the chunk stream directly instead of
+as JSON text; the workflow loader reads them back here. Reading parses the chunk stream directly instead of
 decoding the picture: it is fast on large files and needs no image library. Compressed chunks are
 inflated with a size cap so a crafted upload cannot exhaust memory.
 """
@@ -55,18 +55,6 @@ def read_png_json(source: str | os.PathLike | bytes, key: str):
         return json.loads(text)
     except ValueError:
         return None
-
-
-def png_metadata(prompt=None, extra_pnginfo: dict | None = None):
-    """A PIL PngInfo carrying "prompt" and each extra_pnginfo key as JSON, as ComfyUI writes them."""
-    from PIL.PngImagePlugin import PngInfo
-
-    info = PngInfo()
-    if prompt is not None:
-        info.add_text("prompt", json.dumps(prompt))
-    for key, value in (extra_pnginfo or {}).items():
-        info.add_text(str(key), json.dumps(value))
-    return info
 
 
 def _parse_text_chunk(kind: bytes, body: bytes) -> tuple[str, str] | None:
