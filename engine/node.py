@@ -130,7 +130,7 @@ class Node:
             return cached
         doc = cls.description
         if doc is None:
-            doc = (cls.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ").strip()
+            doc = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
         validate = getattr(cls, "validate", None)
         schema = NodeSchema(
             name=cls.name or cls.__name__,

@@ -3,4 +3,11 @@ the functions that need them, so `genloom validate` and `genloom nodes` stay fas
 
 PACKS = [
     "genloom.nodes.primitives",
+    "genloom.nodes.loaders",
+    "genloom.nodes.conditioning",
+    "genloom.nodes.sampling",
+    "genloom.nodes.latent",
+    "genloom.nodes.image",
+    "genloom.nodes.upscale",
+    "genloom.nodes.style",
 ]

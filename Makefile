@@ -1,0 +1,33 @@
+# Two entry points: `make run` (install, then generate an image with the shipped model) and
+# `make test` (install, then run the test suite). Both are idempotent.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.genloom-installed
+
+.PHONY: install run test browser bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[editor,test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(PY) -m genloom.cli run workflows/txt2img.json --output-dir output
+
+browser:
+	bash tools/install_browser.sh
+
+test: install browser
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) bench/executor_overhead.py
+	$(PY) bench/end_to_end.py
+	$(PY) bench/server.py
+
+clean:
+	rm -rf $(VENV) output temp
