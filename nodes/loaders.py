@@ -1,0 +1,195 @@
+"""Loader nodes: checkpoints, diffusers folders, VAEs, LoRAs and CLIP skip."""
+
+from __future__ import annotations
+
+from genloom.engine import context
+from genloom.engine.node import Combo, Float, Input, Int, Node, Out
+
+
+def _options(kind: str):
+    return lambda: context.current().folders.list_models(kind)
+
+
+def _resolve(node: str, input_name: str, kind: str, name: str):
+    """A model path from a combo value, only ever inside the model folders."""
+    from genloom.engine.folders import UnsafePath
+
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{node}: input '{input_name}' needs a {kind} model name")
+    try:
+        return context.current().folders.model_path(kind, name)
+    except UnsafePath as exc:
+        raise ValueError(f"{node}: input '{input_name}': {exc}") from None
+    except FileNotFoundError:
+        raise ValueError(f"{node}: input '{input_name}': no {kind} model named {name!r}") from None
+
+
+def _stamp(kind: str, name: str) -> str:
+    """Re-run a loader when its file changes (the engine caches by input values otherwise)."""
+    try:
+        path = context.current().folders.model_path(kind, name)
+        return f"{path.stat().st_mtime_ns}:{path.stat().st_size}"
+    except Exception:
+        return ""
+
+
+def _load(node: str, input_name: str, path, build):
+    from .models.loading import cached
+    from .models.single_file import CheckpointError
+
+    try:
+        return cached(path, build)
+    except (CheckpointError, ValueError, OSError) as exc:
+        raise ValueError(f"{node}: input '{input_name}': cannot load {path.name}: {exc}") from exc
+
+
+class CheckpointLoaderSimple(Node):
+    """Loads a Stable Diffusion checkpoint (SD1.x, SD2.x, SDXL single file) with its text encoder and VAE."""
+
+    category = "loaders"
+    display_name = "Load Checkpoint"
+    inputs = [Combo("ckpt_name", _options("checkpoints"), tooltip="The checkpoint file to load.")]
+    outputs = [Out("MODEL", tooltip="The model that denoises latents."),
+               Out("CLIP", tooltip="The text encoder that turns prompts into conditioning."),
+               Out("VAE", tooltip="The autoencoder between images and latents.")]
+
+    @classmethod
+    def fingerprint(cls, ckpt_name):
+        return _stamp("checkpoints", ckpt_name)
+
+    def run(self, ckpt_name):
+        from .models.single_file import load_single_file
+
+        path = _resolve("CheckpointLoaderSimple", "ckpt_name", "checkpoints", ckpt_name)
+        b = _load("CheckpointLoaderSimple", "ckpt_name", path, lambda: load_single_file(path))
+        return (b.model, b.clip, b.vae)
+
+
+class DiffusersLoader(Node):
+    """Loads a diffusers pipeline folder (SD1.x, SD2.x, SDXL layout) from models/diffusers."""
+
+    category = "loaders"
+    display_name = "Load Diffusers Model"
+    inputs = [Combo("model_name", _options("diffusers"), tooltip="The diffusers model folder to load.")]
+    outputs = [Out("MODEL"), Out("CLIP"), Out("VAE")]
+
+    @classmethod
+    def fingerprint(cls, model_name):
+        return _stamp("diffusers", model_name)
+
+    def run(self, model_name):
+        from .models.loading import load_diffusers_folder
+
+        path = _resolve("DiffusersLoader", "model_name", "diffusers", model_name)
+        if not (path / "model_index.json").is_file():
+            raise ValueError(f"DiffusersLoader: input 'model_name': {model_name!r} has no model_index.json")
+        b = _load("DiffusersLoader", "model_name", path, lambda: load_diffusers_folder(path))
+        return (b.model, b.clip, b.vae)
+
+
+class VAELoader(Node):
+    """Loads a standalone VAE to use instead of a checkpoint's own."""
+
+    category = "loaders"
+    display_name = "Load VAE"
+    inputs = [Combo("vae_name", _options("vae"), tooltip="The VAE file to load.")]
+    outputs = [Out("VAE")]
+
+    @classmethod
+    def fingerprint(cls, vae_name):
+        return _stamp("vae", vae_name)
+
+    def run(self, vae_name):
+        from .models.single_file import load_vae_file
+
+        path = _resolve("VAELoader", "vae_name", "vae", vae_name)
+        return (_load("VAELoader", "vae_name", path, lambda: load_vae_file(path)).vae,)
+
+
+def _lora(node: str, lora_name: str):
+    from .models.lora import load_lora
+    from .models.single_file import CheckpointError
+
+    path = _resolve(node, "lora_name", "loras", lora_name)
+    try:
+        return load_lora(path)
+    except (CheckpointError, ValueError, OSError) as exc:
+        raise ValueError(f"{node}: input 'lora_name': cannot load {path.name}: {exc}") from exc
+
+
+def _check_matches(node: str, lora, model, clip) -> None:
+    """A LoRA for another architecture would silently do nothing: say so instead."""
+    found = model.unet is not None and lora.matched("unet", model.unet)
+    if clip is not None:
+        for i, enc in enumerate(clip.text_encoders):
+            found = found or lora.matched("text_encoder" if i == 0 else "text_encoder_2", enc)
+    if not found:
+        raise ValueError(f"{node}: input 'lora_name': {lora.name} changes no layer of this model "
+                         "(made for another architecture?)")
+
+
+_STRENGTH = dict(min=-100.0, max=100.0, step=0.01)
+
+
+class LoraLoader(Node):
+    """Adds a LoRA to a model and its text encoder without changing the loaded base model."""
+
+    category = "loaders"
+    display_name = "Load LoRA"
+    inputs = [Input("model", "MODEL", tooltip="The diffusion model the LoRA is applied to."),
+              Input("clip", "CLIP", tooltip="The text encoder the LoRA is applied to."),
+              Combo("lora_name", _options("loras"), tooltip="The LoRA file."),
+              Float("strength_model", 1.0, tooltip="How strongly to change the diffusion model.", **_STRENGTH),
+              Float("strength_clip", 1.0, tooltip="How strongly to change the text encoder.", **_STRENGTH)]
+    outputs = [Out("MODEL"), Out("CLIP")]
+
+    @classmethod
+    def fingerprint(cls, lora_name, **_):
+        return _stamp("loras", lora_name)
+
+    def run(self, model, clip, lora_name, strength_model, strength_clip):
+        if strength_model == 0 and strength_clip == 0:
+            return (model, clip)
+        lora = _lora("LoraLoader", lora_name)
+        _check_matches("LoraLoader", lora, model, clip)
+        return (model.with_lora(lora, strength_model), clip.with_lora(lora, strength_clip))
+
+
+class LoraLoaderModelOnly(Node):
+    """Adds a LoRA to the diffusion model only."""
+
+    category = "loaders"
+    inputs = [Input("model", "MODEL"),
+              Combo("lora_name", _options("loras"), tooltip="The LoRA file."),
+              Float("strength_model", 1.0, tooltip="How strongly to change the diffusion model.", **_STRENGTH)]
+    outputs = [Out("MODEL")]
+
+    @classmethod
+    def fingerprint(cls, lora_name, **_):
+        return _stamp("loras", lora_name)
+
+    def run(self, model, lora_name, strength_model):
+        if strength_model == 0:
+            return (model,)
+        lora = _lora("LoraLoaderModelOnly", lora_name)
+        _check_matches("LoraLoaderModelOnly", lora, model, None)
+        return (model.with_lora(lora, strength_model),)
+
+
+class CLIPSetLastLayer(Node):
+    """Stops the text encoder early ("CLIP skip"): -1 uses the last layer, -2 the one before..."""
+
+    category = "conditioning"
+    inputs = [Input("clip", "CLIP"),
+              Int("stop_at_clip_layer", -1, min=-24, max=-1, step=1, tooltip="The last layer to use.")]
+    outputs = [Out("CLIP")]
+
+    def run(self, clip, stop_at_clip_layer):
+        layers = min(e.config.num_hidden_layers for e in clip.text_encoders)
+        if -stop_at_clip_layer > layers:
+            raise ValueError(f"CLIPSetLastLayer: input 'stop_at_clip_layer': {stop_at_clip_layer} is "
+                             f"beyond this text encoder's {layers} layers")
+        return (clip.with_stop_at_layer(stop_at_clip_layer),)
+
+
+NODES = [CheckpointLoaderSimple, DiffusersLoader, VAELoader, LoraLoader, LoraLoaderModelOnly, CLIPSetLastLayer]
