@@ -80,7 +80,7 @@ class Engine:
         self._device: str | None = None if device == "auto" else device
         self._interrupt = threading.Event()
         self._lock = threading.Lock()
-        self._free_hooks: list[Callable[[], Any]] = [_free_models]
+        self._free_hooks: list[Callable[[], Any]] = []
         self._kinds: dict = {}
 
     # ---- workflows ----------------------------------------------------------------------------
@@ -185,16 +185,10 @@ class Engine:
     def free(self) -> None:
         """Drop every cached result and let the free hooks release what they hold."""
         self.cache.clear()
+        context.run_free_hooks()
         for hook in list(self._free_hooks):
             hook()
         gc.collect()
-
-
-def _free_models() -> None:
-    """Offload the generation nodes' models (imports no torch when none was ever loaded)."""
-    from ..nodes.models import memory
-
-    memory.free_all()
 
 
 def _quiet(event: str, data: dict) -> None:

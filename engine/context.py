@@ -57,6 +57,22 @@ class RunContext:
         self.check_interrupt()
 
 
+# Process-wide resources outside any engine's cache (loaded models, device pools) register how to
+# release them here; every Engine.free() calls them. Node libraries register on import, so nothing
+# is imported (no torch) when they were never used.
+_free_hooks: list[Callable[[], None]] = []
+
+
+def on_free(fn: Callable[[], None]) -> None:
+    if fn not in _free_hooks:
+        _free_hooks.append(fn)
+
+
+def run_free_hooks() -> None:
+    for fn in list(_free_hooks):
+        fn()
+
+
 _current: ContextVar[RunContext | None] = ContextVar("genloom_run_context", default=None)
 _fallback = RunContext()
 

@@ -18,6 +18,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from genloom.engine import context
+
 HOME = "cpu"
 
 
@@ -278,6 +280,9 @@ def manager() -> MemoryManager:
 def free_all() -> None:
     if _manager is not None:
         _manager.free_all()
+
+
+context.on_free(free_all)  # Engine.free() (the server's POST /free) offloads every model
 
 
 def retry_on_oom(fn: Callable[[], Any], what: str = "this step"):
