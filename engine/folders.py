@@ -77,6 +77,17 @@ class Folders:
                     return path
         raise FileNotFoundError(f"{kind} model {name!r} not found in {[str(p) for p in self.models_dirs]}")
 
+    def model_stamp(self, kind: str, name: str) -> str:
+        """Changes whenever the model's file (or any file of a model folder) changes: loader nodes
+        use it as their fingerprint, since the cache otherwise keys them by name alone."""
+        try:
+            path = self.model_path(kind, name)
+            files = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
+            stats = [p.stat() for p in files]
+        except (OSError, ValueError):
+            return "missing"
+        return f"{max((st.st_mtime_ns for st in stats), default=0)}:{sum(st.st_size for st in stats)}"
+
     def list_inputs(self) -> list[str]:
         folder = Path(self.input_dir)
         if not folder.is_dir():

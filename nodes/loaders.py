@@ -25,12 +25,7 @@ def _resolve(node: str, input_name: str, kind: str, name: str):
 
 
 def _stamp(kind: str, name: str) -> str:
-    """Re-run a loader when its file changes (the engine caches by input values otherwise)."""
-    try:
-        path = context.current().folders.model_path(kind, name)
-        return f"{path.stat().st_mtime_ns}:{path.stat().st_size}"
-    except Exception:
-        return ""
+    return context.current().folders.model_stamp(kind, name)
 
 
 def _load(node: str, input_name: str, path, build):

@@ -23,11 +23,7 @@ class FastStyleModelLoader(Node):
 
     @classmethod
     def fingerprint(cls, style_name):
-        try:
-            stat = context.current().folders.model_path("style_models", style_name).stat()
-            return f"{stat.st_size}:{stat.st_mtime_ns}"
-        except (OSError, ValueError):
-            return float("nan")
+        return context.current().folders.model_stamp("style_models", style_name)
 
     def run(self, style_name):
         from safetensors import SafetensorError

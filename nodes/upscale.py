@@ -107,12 +107,7 @@ class UpscaleModelLoader(Node):
 
     @classmethod
     def fingerprint(cls, model_name):
-        try:
-            path = context.current().folders.model_path("upscale_models", model_name)
-            stat = path.stat()
-            return f"{stat.st_size}:{stat.st_mtime_ns}"
-        except (OSError, ValueError):
-            return float("nan")
+        return context.current().folders.model_stamp("upscale_models", model_name)
 
     def run(self, model_name):
         try:
