@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--images", type=int, default=12000, help="size of the drawn training pool")
     ap.add_argument("--steps-vae", type=int, default=3000)
-    ap.add_argument("--steps-unet", type=int, default=3000)
+    ap.add_argument("--steps-unet", type=int, default=2700)
     ap.add_argument("--batch-vae", type=int, default=16)
     ap.add_argument("--batch-unet", type=int, default=48)
     ap.add_argument("--lr-vae", type=float, default=5e-3)
