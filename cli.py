@@ -295,9 +295,9 @@ def _print_outputs(outputs: dict, engine) -> None:
             for item in items:
                 if isinstance(item, dict) and "filename" in item:
                     base = dirs.get(item.get("type", "output"), dirs["output"])
-                    print(f"{node_id} {key}: {base / (item.get('subfolder') or '') / item['filename']}")
+                    print(f"wrote {base / (item.get('subfolder') or '') / item['filename']}  (node {node_id})")
                 elif key not in ("images",):
-                    print(f"{node_id} {key}: {item}")
+                    print(f"node {node_id} {key}: {item}")
 
 
 class _Progress:

@@ -213,7 +213,7 @@ def test_run_writes_outputs_and_applies_overrides(env, capsys):
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     written = out_dir / "cli_00001_.png"
-    assert f"2 images: {written}" in captured.out
+    assert f"wrote {written}  (node 2)" in captured.out
     assert Image.open(written).getpixel((0, 0)) == (42, 10, 20)
     assert "nodes" in captured.err and "done: 2 nodes executed" in captured.err
     rc = main(["run", str(env["wf"]), "--plugins-dir", str(env["plugins"]), "--output-dir", str(out_dir),
