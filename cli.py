@@ -122,7 +122,7 @@ def format_errors(error: dict | None, node_errors: dict, graph: dict | None = No
     if error:
         lines.append(f"error: {error.get('message', '')}" + _detail_suffix(error, with_details=not node_errors))
     for node_id, record in (node_errors or {}).items():
-        title = ((graph or {}).get(node_id) or {}).get("_meta", {}).get("title")
+        title = (((graph or {}).get(node_id) or {}).get("_meta") or {}).get("title")
         label = f"node {node_id}" + (f" '{title}'" if title and title != record.get("class_type") else "")
         label += f" ({record.get('class_type')})"
         for err in record.get("errors", []):

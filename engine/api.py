@@ -86,12 +86,11 @@ class Engine:
     # ---- workflows ----------------------------------------------------------------------------
     def load(self, workflow):
         """Any supported workflow format -> `Workflow` (WorkflowError when it cannot be read)."""
-        from .ui_import import UIImportError
         from .workflow import WorkflowFormatError, load_workflow
 
         try:
             return load_workflow(workflow, self.registry)
-        except (WorkflowFormatError, UIImportError) as exc:
+        except WorkflowFormatError as exc:
             raise WorkflowError({"type": "invalid_prompt", "message": "Cannot read the workflow",
                                  "details": str(exc), "extra_info": {}}) from None
 

@@ -83,7 +83,7 @@ def current() -> RunContext:
 
 
 def use(ctx: RunContext):
-    """Make `ctx` current; returns the token to reset with `_current.reset(token)`."""
+    """Make `ctx` current; returns the token to pass to `reset(token)`."""
     return _current.set(ctx)
 
 

@@ -435,10 +435,7 @@ class Execution:
         if on_event is not None:
             on_event("executing", {"node": node.id, "display_node": node.display, "prompt_id": self.prompt_id})
         ctx = self.ctx
-        instance = node.instance
-        if instance is None:
-            instance = node.instance = kind.factory()
-        fn = getattr(instance, kind.function)
+        fn = getattr(self._instance(node), kind.function)
         if kind.is_async:
             node_ctx = dataclasses.replace(ctx, node_id=node.id, display_node_id=node.display)
             node.state = RUNNING
@@ -539,7 +536,7 @@ class Execution:
 
     def _lazy_pending(self, node: _Node, calls: list) -> bool:
         """Ask the node which lazy inputs it needs; True when some must run first."""
-        fn = getattr(node.instance or self._instance(node), node.kind.check_lazy)
+        fn = getattr(self._instance(node), node.kind.check_lazy)
         asked = set()
         for call in calls:
             if type(call) is dict:
@@ -557,7 +554,9 @@ class Execution:
         return True
 
     def _instance(self, node: _Node):
-        node.instance = node.kind.factory()
+        """The node's object, made on first use and kept for its later calls (lazy re-checks)."""
+        if node.instance is None:
+            node.instance = node.kind.factory()
         return node.instance
 
     # ---- results ------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ the value changes), `validate(**constants)` (True or an error string); optional 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
 from .schema import InputSpec, NodeSchema, OutputSpec

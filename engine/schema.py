@@ -89,7 +89,7 @@ class OutputSpec:
 
 @dataclass(slots=True)
 class NodeSchema:
-    """Everything the engine knows of a node type. `execute` etc. are bound at compile time."""
+    """Everything the engine knows of a node type; `factory().<function>` is what runs."""
 
     name: str
     inputs: list[InputSpec]

@@ -28,12 +28,14 @@ def _stamp(kind: str, name: str) -> str:
     return context.current().folders.model_stamp(kind, name)
 
 
-def _load(node: str, input_name: str, path, build):
+def _load(node: str, input_name: str, path, build, tag: str = ""):
+    """`build()` through the shared model cache; `tag` keeps loads of one file that build different
+    bundles (a whole checkpoint, or only its VAE) apart."""
     from .models.loading import cached
     from .models.single_file import CheckpointError
 
     try:
-        return cached(path, build)
+        return cached(path, build, tag)
     except (CheckpointError, ValueError, OSError) as exc:
         raise ValueError(f"{node}: input '{input_name}': cannot load {path.name}: {exc}") from exc
 
@@ -98,7 +100,7 @@ class VAELoader(Node):
         from .models.single_file import load_vae_file
 
         path = _resolve("VAELoader", "vae_name", "vae", vae_name)
-        return (_load("VAELoader", "vae_name", path, lambda: load_vae_file(path)).vae,)
+        return (_load("VAELoader", "vae_name", path, lambda: load_vae_file(path), tag="vae").vae,)
 
 
 def _lora(node: str, lora_name: str):

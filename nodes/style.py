@@ -99,15 +99,17 @@ class NeuralStyleTransfer(Node):
             raise ValueError(f"NeuralStyleTransfer: models/vgg: {exc}") from exc
         total = iterations * content.shape[0]
         results = []
-        for b in range(content.shape[0]):
-            done = b * iterations
-            picture = content[b:b + 1, ..., :3].movedim(-1, 1).float()
-            source = style[b % style.shape[0]][None, ..., :3].movedim(-1, 1).float()
-            results.append(transfer(
-                net, picture, source, iterations, content_weight, style_weight, learning_rate,
-                (seed + b) % 2 ** 63, ctx.device,
-                on_step=lambda i, _loss, done=done: ctx.progress(done + i + 1, total)))
-        net.to("cpu")
+        try:
+            for b in range(content.shape[0]):
+                done = b * iterations
+                picture = content[b:b + 1, ..., :3].movedim(-1, 1).float()
+                source = style[b % style.shape[0]][None, ..., :3].movedim(-1, 1).float()
+                results.append(transfer(
+                    net, picture, source, iterations, content_weight, style_weight, learning_rate,
+                    (seed + b) % 2 ** 63, ctx.device,
+                    on_step=lambda i, _loss, done=done: ctx.progress(done + i + 1, total)))
+        finally:
+            net.to("cpu")  # also when interrupted: the feature net must not stay in VRAM
         out = torch.cat(results).movedim(1, -1).contiguous()
         return NodeOutput(out, ui={"text": [f"features: {net.description}"]})
 

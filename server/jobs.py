@@ -29,21 +29,22 @@ def parse_jobs_query(query) -> tuple[list[str] | None, str, bool, int | None, in
     order = query.get("sort_order", "desc")
     if order not in ("asc", "desc"):
         raise BadRequest("sort_order must be asc or desc", "invalid_query")
-    limit = _int(query, "limit")
-    offset = _int(query, "offset") or 0
+    limit = query_int(query, "limit")
+    offset = query_int(query, "offset", 0)
     return statuses, sort_by, order == "desc", limit, offset
 
 
-def _int(query, name):
+def query_int(query, name: str, default=None, minimum: int = 0):
+    """An integer query parameter (`default` when absent or empty); a 400 naming it otherwise."""
     raw = query.get(name)
     if raw in (None, ""):
-        return None
+        return default
     try:
         value = int(raw)
     except ValueError:
         raise BadRequest(f"{name} must be an integer, not {raw!r}", "invalid_query") from None
-    if value < 0:
-        raise BadRequest(f"{name} must be >= 0", "invalid_query")
+    if value < minimum:
+        raise BadRequest(f"{name} must be >= {minimum}", "invalid_query")
     return value
 
 

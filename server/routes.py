@@ -18,26 +18,13 @@ from aiohttp import web
 
 from .. import __version__
 from ..engine.folders import MODEL_FOLDERS
-from .jobs import history_entry, job_summary, job_detail, parse_jobs_query
+from .jobs import history_entry, job_detail, job_summary, parse_jobs_query, query_int
 from .security import BadRequest, read_json
 from .store import now_ms
 
 # The ComfyUI API level genloom speaks, reported where the editor expects ComfyUI's version.
 COMFYUI_API_VERSION = "0.15.0"
 MAX_PROMPT_ID = 128
-
-
-def _ints(query, name: str, default, minimum: int = 0):
-    raw = query.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BadRequest(f"{name} must be an integer, not {raw!r}", "invalid_query") from None
-    if value < minimum:
-        raise BadRequest(f"{name} must be >= {minimum}", "invalid_query")
-    return value
 
 
 def _id_list(body: dict, key: str) -> list[str] | None:
@@ -195,8 +182,8 @@ class Routes:
         return web.Response(status=200)
 
     async def get_history(self, request):
-        max_items = _ints(request.query, "max_items", None)
-        offset = _ints(request.query, "offset", -1, minimum=-1)
+        max_items = query_int(request.query, "max_items")
+        offset = query_int(request.query, "offset", -1, minimum=-1)
         rows = self.s.store.history(max_items, offset)
         return web.json_response({r.id: history_entry(r) for r in rows})
 
@@ -230,7 +217,7 @@ class Routes:
     async def get_job(self, request):
         row = self.s.store.get(request.match_info["job_id"])
         if row is None:
-            return web.json_response({"error": {"type": "not_found", "message": "job not found"}}, status=404)
+            return _not_found("job not found")
         return web.json_response(job_detail(row))
 
     def _cancel(self, job_id: str) -> bool:
@@ -241,7 +228,7 @@ class Routes:
     async def cancel_job(self, request):
         job_id = request.match_info["job_id"]
         if self.s.store.get(job_id) is None:
-            return web.json_response({"error": {"type": "not_found", "message": "job not found"}}, status=404)
+            return _not_found("job not found")
         cancelled = self._cancel(job_id)
         self.s.hub.broadcast_status()
         return web.json_response({"id": job_id, "cancelled": cancelled})
@@ -303,8 +290,7 @@ class Routes:
     async def models_in(self, request):
         folder = request.match_info["folder"]
         if folder not in MODEL_FOLDERS:
-            return web.json_response({"error": {"type": "not_found", "message": f"unknown model folder {folder!r}"}},
-                                     status=404)
+            return _not_found(f"unknown model folder {folder!r}")
         return web.json_response(self.s.folders.list_models(folder))
 
     async def folder_paths(self, request):
@@ -324,9 +310,12 @@ class Routes:
     async def experiment_models_in(self, request):
         folder = request.match_info["folder"]
         if folder not in MODEL_FOLDERS:
-            return web.json_response({"error": {"type": "not_found", "message": f"unknown model folder {folder!r}"}},
-                                     status=404)
+            return _not_found(f"unknown model folder {folder!r}")
         return web.json_response([{"name": n, "pathIndex": 0} for n in self.s.folders.list_models(folder)])
+
+
+def _not_found(message: str) -> web.Response:
+    return web.json_response({"error": {"type": "not_found", "message": message}}, status=404)
 
 
 def _version(dist: str) -> str:

@@ -54,7 +54,12 @@ async def read_json(request: web.Request, limit: int = JSON_LIMIT, required: boo
     if request.content_length is not None and request.content_length > limit:
         raise BadRequest(f"request body too large ({request.content_length} bytes, limit {limit})",
                          "request_too_large", 413)
-    body = await request.content.read(limit + 1)
+    body = bytearray()
+    while len(body) <= limit:  # one read returns what has arrived so far, not the whole body
+        chunk = await request.content.read(limit + 1 - len(body))
+        if not chunk:
+            break
+        body += chunk
     if len(body) > limit:
         raise BadRequest(f"request body too large (limit {limit} bytes)", "request_too_large", 413)
     if not body.strip():

@@ -42,6 +42,7 @@ CREATE INDEX IF NOT EXISTS prompts_finished ON prompts (finish_seq);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
+
 def _dump(value) -> str:
     """JSON for the database; a stray non-JSON value (a node's odd UI payload) becomes its str()."""
     return json.dumps(value, default=str)

@@ -147,3 +147,28 @@ def test_binding_beyond_loopback_needs_a_token(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("GENLOOM_TOKEN", raising=False)
     assert main(["--host", "0.0.0.0", "--data-dir", str(tmp_path)]) == 2
     assert "--token" in capsys.readouterr().err
+
+
+def test_json_body_arriving_in_pieces_is_read_whole(srv):
+    """A large body sent chunk by chunk (a /prompt carrying its editor workflow, say) must not be cut
+    at whatever had arrived when the handler first read."""
+    import http.client
+    import json
+    import time
+
+    value = "x" * 1_500_000
+    payload = json.dumps({"Test.big": value}).encode()
+    pieces = [payload[i:i + 65536] for i in range(0, len(payload), 65536)]
+
+    def slowly():
+        for piece in pieces:
+            time.sleep(0.002)
+            yield piece
+
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
+    conn.request("POST", "/api/settings", body=slowly(), encode_chunked=True,
+                 headers={"Content-Type": "application/json"})
+    response = conn.getresponse()
+    assert response.status == 200, response.read()[:200]
+    conn.close()
+    assert srv.http.get("/api/settings/Test.big")[1] == value

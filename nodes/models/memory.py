@@ -107,8 +107,6 @@ class MemoryManager:
 
     # -- settings --------------------------------------------------------------------------
     def _options(self) -> dict:
-        from genloom.engine import context
-
         return context.current().options or {}
 
     def mode(self) -> str:
@@ -157,8 +155,6 @@ class MemoryManager:
     def use(self, module, device: str | None = None, dtype=None, name: str | None = None):
         """Yield `module` on `device` (cast to `dtype` if given), pinned until the block ends."""
         if device is None:
-            from genloom.engine import context
-
             device = context.current().device
         device = str(device)
         with self._lock:
@@ -254,7 +250,8 @@ class MemoryManager:
 def _is_oom(exc: BaseException) -> bool:
     import torch
 
-    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+    # torch.cuda.OutOfMemoryError: the top-level torch.OutOfMemoryError alias is newer than torch 2.4
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
 def _release_cache() -> None:

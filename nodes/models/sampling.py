@@ -370,7 +370,7 @@ class Guidance:
         result = total / count.clamp_min(1e-8)
         if group == 1 and not bool(covered.all()):
             # Regions no positive conditioning reaches follow the negative prediction.
-            other = self._combine(0, preds, x_in) if group == 1 else None
+            other = self._combine(0, preds, x_in)
             if other is not None:
                 result = torch.where(covered, result, other)
         return result

@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 
 from . import keymaps
-from .loading import CONFIGS, TOKENIZER_FILES, Bundle, handles_from_components, make_tokenizer
+from .loading import CONFIGS, TOKENIZER_FILES, Bundle, handles_from_components, kind_of, make_tokenizer
 
 TEXT_PARTS = ("text_encoder", "text_encoder_2")
 
@@ -116,20 +116,16 @@ def _stored_tokenizers(meta: dict, kind: str, configs: dict) -> list:
     return toks
 
 
-def split_components(state: dict, kind: str, configs: dict, want=("unet", "vae", "text")) -> dict:
-    """LDM single-file tensors -> diffusers state dicts per component."""
+def split_components(state: dict, kind: str, configs: dict) -> dict:
+    """LDM single-file tensors -> diffusers state dicts per component (no "vae" when it has none)."""
     prefixes = keymaps.PREFIXES[kind]
-    out = {}
-    if "unet" in want:
-        out["unet"] = keymaps.unmap_keys(state, keymaps.unet_map(configs["unet"]), prefixes["unet"], "unet")
-    if "vae" in want and any(k.startswith(prefixes["vae"]) for k in state):
+    out = {"unet": keymaps.unmap_keys(state, keymaps.unet_map(configs["unet"]), prefixes["unet"], "unet")}
+    if any(k.startswith(prefixes["vae"]) for k in state):
         out["vae"] = keymaps.unmap_keys(state, keymaps.vae_map(configs["vae"]), prefixes["vae"], "vae")
-    if "text" in want:
-        for part in TEXT_PARTS:
-            if part in prefixes and part in configs:
-                layout, prefix = prefixes[part]
-                out[part] = keymaps.text_from_ldm(state, layout, prefix,
-                                                  configs[part].get("num_hidden_layers"))
+    for part in TEXT_PARTS:
+        if part in prefixes and part in configs:
+            layout, prefix = prefixes[part]
+            out[part] = keymaps.text_from_ldm(state, layout, prefix, configs[part].get("num_hidden_layers"))
     return out
 
 
@@ -199,8 +195,6 @@ def save_single_file(diffusers_dir, out_path, dtype=None) -> Path:
             configs[part] = json.loads((src / part / "config.json").read_text())
     sched = src / "scheduler" / "scheduler_config.json"
     configs["scheduler"] = json.loads(sched.read_text()) if sched.is_file() else {}
-    from .loading import kind_of
-
     kind = kind_of(configs["unet"], [configs[p] for p in TEXT_PARTS if p in configs])
     prefixes = keymaps.PREFIXES[kind]
 
