@@ -8,6 +8,10 @@ __all__ = ["Engine", "RunResult", "WorkflowError", "ExecutionError", "Interrupte
 
 
 def __getattr__(name):
+    if name == "Engine":
+        from .runtime import Engine
+
+        return Engine
     if name in __all__:
         from .engine import api
 

@@ -93,9 +93,9 @@ def _folders(args):
 
 
 def _registry(args):
-    from .engine.plugins import load_registry
+    from .runtime import build_registry
 
-    registry = load_registry(args.plugins_dir)
+    registry = build_registry(args.plugins_dir or ())
     _report_plugin_problems(registry.problems)
     return registry
 
@@ -224,15 +224,10 @@ def cmd_nodes(args) -> int:
 
 def cmd_run(args) -> int:
     import genloom
-    from .engine.plugins import load_folder
+    from .runtime import Engine
 
-    first, *more = args.plugins_dir or [None]
-    engine = genloom.Engine(plugins_dir=first, cache=args.cache, device=args.device,
-                            models_dirs=args.models_dir or None, input_dir=args.input_dir,
-                            output_dir=args.output_dir)
-    for folder in more:
-        load_folder(engine.registry, folder)
-    _report_plugin_problems(engine.registry.problems)
+    engine = Engine(registry=_registry(args), cache=args.cache, device=args.device,
+                    models_dirs=args.models_dir or None, input_dir=args.input_dir, output_dir=args.output_dir)
     workflow = _load(args.workflow, engine.registry)
     _apply_overrides(workflow, args.overrides, engine.registry)
 

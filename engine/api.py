@@ -20,26 +20,14 @@ from typing import Any, Callable
 
 from . import context
 from .cache import Cache, make_cache
-from .context import Interrupted
-from .executor import Execution, ExecutionError
+from .errors import ExecutionError, Interrupted, WorkflowError
+from .execution import Execution
 from .folders import Folders, default_models_dirs
+from .plugins import build_registry
 from .registry import Registry
+from .resources import Resources
 
 __all__ = ["Engine", "RunResult", "WorkflowError", "ExecutionError", "Interrupted"]
-
-
-class WorkflowError(Exception):
-    """The workflow cannot run: `error` and `node_errors` in ComfyUI's validation shapes."""
-
-    def __init__(self, error: dict, node_errors: dict | None = None):
-        self.error = error
-        self.node_errors = node_errors or {}
-        lines = [f"{error.get('message', 'invalid workflow')}" + (f": {error['details']}" if error.get("details")
-                                                                  and "\n" not in error["details"] else "")]
-        for node_id, record in self.node_errors.items():
-            for e in record.get("errors", ()):
-                lines.append(f"  node {node_id} ({record.get('class_type')}): {e.get('message')}: {e.get('details')}")
-        super().__init__("\n".join(lines))
 
 
 @dataclass
@@ -53,19 +41,20 @@ class RunResult:
 
 
 class Engine:
+    """Owns one registry, one result cache and one `Resources` (models and the like): two engines in
+    a process share none of them. `genloom.Engine` is this class with genloom's packs built in."""
+
+    builtin_packs: tuple = ()  # the packs a subclass (the composition root) registers as built-in
+
     def __init__(self, plugins_dir: str | Path | None = None, cache: str | Cache = "default",
                  device: str = "auto", models_dirs: list | None = None, input_dir: str | Path | None = None,
                  output_dir: str | Path | None = None, temp_dir: str | Path | None = None,
-                 load_builtins: bool = True):
+                 load_builtins: bool = True, registry: Registry | None = None):
         """`load_builtins=False` gives a bare registry (no built-in packs, no entry-point packs)."""
-        from . import plugins
-
-        self.registry = Registry()
-        if load_builtins:
-            self.registry.load_builtins()
-            plugins.load_entry_points(self.registry)
-        if plugins_dir is not None:
-            plugins.load_folder(self.registry, plugins_dir)
+        if registry is None:
+            registry = build_registry(self.builtin_packs if load_builtins else (),
+                                      [plugins_dir] if plugins_dir is not None else (), load_builtins)
+        self.registry = registry
         folders = Folders()
         if models_dirs:
             user = [Path(p) for p in models_dirs]
@@ -78,9 +67,9 @@ class Engine:
         self.device = device
         self.options: dict[str, Any] = {"cache": self.cache.spec, "device": device}
         self._device: str | None = None if device == "auto" else device
+        self.resources = Resources()
         self._interrupt = threading.Event()
         self._lock = threading.Lock()
-        self._free_hooks: list[Callable[[], Any]] = []
         self._kinds: dict = {}
 
     # ---- workflows ----------------------------------------------------------------------------
@@ -102,7 +91,7 @@ class Engine:
         from .validate import validate
 
         token = context.use(context.RunContext(device_choice=self.device, folders=self.folders,
-                                               options=self.options))
+                                               options=self.options, resources=self.resources))
         try:
             return validate(graph, self.registry, outputs)
         finally:
@@ -151,7 +140,8 @@ class Engine:
             self._interrupt.clear()
             ctx = context.RunContext(device_choice=self.device, folders=self.folders,
                                      emit=on_event or _quiet, interrupt_flag=self._interrupt,
-                                     prompt_id=prompt_id, options=self.options, _device=self._device)
+                                     prompt_id=prompt_id, options=self.options, resources=self.resources,
+                                     _device=self._device)
             execution = Execution(self.registry, self.cache, ctx, on_event, wf.graph, extra_data, self._kinds)
             token = context.use(ctx)
             try:
@@ -178,15 +168,13 @@ class Engine:
         self._interrupt.set()
 
     def add_free_hook(self, fn: Callable[[], Any]) -> None:
-        """`fn()` is called by `free()`, e.g. to unload models."""
-        self._free_hooks.append(fn)
+        """`fn()` is called by `free()` after the engine's model owners have released their models."""
+        self.resources.add_free_hook(fn)
 
     def free(self) -> None:
-        """Drop every cached result and let the free hooks release what they hold."""
+        """Drop every cached result and let the engine's resources release what they hold."""
         self.cache.clear()
-        context.run_free_hooks()
-        for hook in list(self._free_hooks):
-            hook()
+        self.resources.free()
         gc.collect()
 
 

@@ -10,11 +10,11 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from .errors import Interrupted
 from .folders import Folders
+from .resources import Resources
 
-
-class Interrupted(Exception):
-    """The run was interrupted by the user."""
+__all__ = ["Interrupted", "RunContext", "Resources", "current", "use", "reset", "resolve_device"]
 
 
 def resolve_device(choice: str = "auto") -> str:
@@ -36,6 +36,7 @@ class RunContext:
     node_id: str | None = None
     display_node_id: str | None = None
     options: dict[str, Any] = field(default_factory=dict)  # engine-wide settings (memory limits, ...)
+    resources: Resources = field(default_factory=Resources)  # the engine's model owner and the like
     _device: str | None = None
 
     @property
@@ -57,23 +58,8 @@ class RunContext:
         self.check_interrupt()
 
 
-# Process-wide resources outside any engine's cache (loaded models, device pools) register how to
-# release them here; every Engine.free() calls them. Node libraries register on import, so nothing
-# is imported (no torch) when they were never used.
-_free_hooks: list[Callable[[], None]] = []
-
-
-def on_free(fn: Callable[[], None]) -> None:
-    if fn not in _free_hooks:
-        _free_hooks.append(fn)
-
-
-def run_free_hooks() -> None:
-    for fn in list(_free_hooks):
-        fn()
-
-
 _current: ContextVar[RunContext | None] = ContextVar("genloom_run_context", default=None)
+# Nodes called directly (outside any engine) share this context and its resources.
 _fallback = RunContext()
 
 

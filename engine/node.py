@@ -18,9 +18,12 @@ the value changes), `validate(**constants)` (True or an error string); optional 
 
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
+from .errors import NodeInputError
 from .schema import InputSpec, NodeSchema, OutputSpec
 
 INT_MAX = 0xFFFFFFFFFFFFFFFF
@@ -123,6 +126,12 @@ class Node:
     def run(self, **inputs):  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        run = cls.__dict__.get("run")
+        if run is not None and not hasattr(run, "__genloom_node__"):
+            cls.run = _names_node(run, cls.name or cls.__name__)
+
     @classmethod
     def schema(cls) -> NodeSchema:
         cached = cls.__dict__.get("_schema")
@@ -156,11 +165,36 @@ class Node:
         return schema
 
 
+def _names_node(run, class_type: str):
+    """Wrap `run` so that a NodeInputError it raises names this node class, called through the
+    executor or directly; nodes never write their own name into messages."""
+    def name(exc: NodeInputError) -> None:
+        if exc.class_type is None:
+            exc.class_type = class_type
+
+    if inspect.iscoroutinefunction(run):
+        @functools.wraps(run)
+        async def wrapper(self, *args, **kwargs):
+            try:
+                return await run(self, *args, **kwargs)
+            except NodeInputError as exc:
+                name(exc)
+                raise
+    else:
+        @functools.wraps(run)
+        def wrapper(self, *args, **kwargs):
+            try:
+                return run(self, *args, **kwargs)
+            except NodeInputError as exc:
+                name(exc)
+                raise
+    wrapper.__genloom_node__ = class_type
+    return wrapper
+
+
 def _param_names(fn) -> frozenset:
     if fn is None:
         return frozenset()
-    import inspect
-
     params = inspect.signature(fn).parameters.values()
     if any(p.kind is p.VAR_KEYWORD for p in params):
         return frozenset({"*"})  # takes everything: all built-in range checks are its own

@@ -6,6 +6,7 @@ pip-installed: a pack's requirements are its user's business.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import sys
 import traceback
@@ -82,10 +83,13 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}\n" + "".join(traceback.format_exception(exc)[-3:])
 
 
-def load_registry(plugins_dirs=(), entry_points_too: bool = True) -> Registry:
-    """Built-in packs, then installed entry points, then each plugins folder (none overrides a built-in)."""
+def build_registry(packs=(), plugins_dirs=(), entry_points_too: bool = True) -> Registry:
+    """The one way a registry is made: `packs` (modules or module names, registered as built-in),
+    then installed entry points, then each plugins folder (none overrides a built-in)."""
     registry = Registry()
-    registry.load_builtins()
+    for pack in packs:
+        module = importlib.import_module(pack) if isinstance(pack, str) else pack
+        registry.register_module(module, source="builtin")
     if entry_points_too:
         load_entry_points(registry)
     if isinstance(plugins_dirs, (str, Path)):

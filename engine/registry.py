@@ -1,13 +1,19 @@
-"""The node types an engine knows: built-in packs first, then plugins, never overriding a built-in."""
+"""The node types an engine knows: built-in packs first, then plugins, never overriding a built-in.
+
+The registry knows no pack by name: whoever composes an engine (genloom.runtime) hands it the packs.
+Registering checks a node's contract (its function accepts the declared inputs), so a misspelt
+parameter is reported when the pack loads, not when a workflow first runs the node.
+"""
 
 from __future__ import annotations
 
-import importlib
+import inspect
 from types import ModuleType
 
+from .errors import NodeDefinitionError
 from .node import Node
 from .schema import NodeSchema
-from .v1 import NodeDefinitionError, compile_v1, is_v1_class
+from .v1 import compile_v1, is_v1_class
 
 
 class Registry:
@@ -48,6 +54,7 @@ class Registry:
             raise NodeDefinitionError(f"{node!r} is neither a genloom Node nor a ComfyUI node class")
         if self.nodes.get(schema.name) is schema:  # a pack re-exporting a class already registered
             return schema
+        check_signature(schema)
         schema.source = source
         if source != "builtin":  # the editor shows the pack of nodes whose module is custom_nodes.<pack>
             schema.python_module = f"custom_nodes.{source.removeprefix('entry point ')}"
@@ -75,11 +82,30 @@ class Registry:
             self.problems.append({"source": source, "node": str(name), "message": str(exc)})
             return 0
 
-    def load_builtins(self) -> None:
-        from ..nodes import PACKS
-
-        for module_name in PACKS:
-            self.register_module(importlib.import_module(module_name), source="builtin")
-
     def object_info(self) -> dict:
         return {name: schema.object_info() for name, schema in self.nodes.items()}
+
+
+def check_signature(schema: NodeSchema) -> None:
+    """Raise NodeDefinitionError when the node's function cannot take its declared inputs.
+
+    Native nodes must accept every input (they are always passed). V1 classes must accept their
+    required inputs; optional ones are passed only when connected, and ComfyUI packs in the wild declare
+    some that only their **kwargs see, so those are not held against them."""
+    target = getattr(schema.factory, schema.function, None) if isinstance(schema.factory, type) else None
+    if target is None:
+        return
+    try:
+        params = inspect.signature(target).parameters.values()
+    except (TypeError, ValueError):
+        return
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return
+    accepted = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    wanted = [s.name for s in schema.inputs
+              if not schema.is_v1 or s.section == "required"]
+    missing = [n for n in wanted if n not in accepted]
+    if missing:
+        raise NodeDefinitionError(
+            f"{schema.name}: {schema.function}() does not accept the declared input(s) "
+            f"{', '.join(missing)}; its parameters are ({', '.join(sorted(accepted - {'self', 'cls'}))})")

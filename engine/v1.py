@@ -5,14 +5,10 @@ from __future__ import annotations
 
 import inspect
 
+from .errors import NodeDefinitionError
 from .schema import InputSpec, NodeSchema, OutputSpec
 
 _SPEC_KEYS = {"default", "min", "max", "step", "round", "tooltip", "lazy", "multiline"}
-
-
-class NodeDefinitionError(Exception):
-    """A node class whose declaration cannot be understood."""
-
 
 def is_v1_class(obj) -> bool:
     return isinstance(obj, type) and hasattr(obj, "INPUT_TYPES") and hasattr(obj, "FUNCTION")

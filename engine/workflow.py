@@ -14,13 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import WorkflowFormatError
 from .migrations import CURRENT_VERSION, MigrationError, migrate
 from .pngtext import PNG_SIGNATURE, read_png_text
 from .ui_import import UIImportError, ui_to_api
-
-
-class WorkflowFormatError(ValueError):
-    """Input that is not a workflow in any format genloom reads."""
 
 
 @dataclass

@@ -73,15 +73,11 @@ class Server:
         for d in dirs.values():
             d.mkdir(parents=True, exist_ok=True)
         if engine is None:
-            from ..engine.api import Engine
-            from ..engine.plugins import load_folder
+            from ..runtime import Engine, build_registry
 
-            first, *more = config.plugins_dirs or [None]
-            engine = Engine(plugins_dir=first, cache=config.cache, device=config.device,
-                            models_dirs=config.models_dirs, input_dir=dirs["input"], output_dir=dirs["output"],
-                            temp_dir=dirs["temp"])
-            for folder in more:
-                load_folder(engine.registry, folder)
+            engine = Engine(registry=build_registry(config.plugins_dirs or ()), cache=config.cache,
+                            device=config.device, models_dirs=config.models_dirs, input_dir=dirs["input"],
+                            output_dir=dirs["output"], temp_dir=dirs["temp"])
         for problem in engine.registry.problems:
             log.warning("node pack %s: %s", problem.get("source"), problem.get("message", "").strip())
         self.engine = engine

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from genloom.cli import UsageError, _apply_overrides, _parse_value, format_errors, main
-from genloom.engine.plugins import load_registry
+from genloom.runtime import build_registry
 from genloom.engine.workflow import Workflow
 
 PACK = '''
@@ -176,7 +176,7 @@ def test_nodes_listing_text(env, capsys):
 
 
 def test_set_values_are_json_or_text(env):
-    registry = load_registry(env["plugins"], entry_points_too=False)
+    registry = build_registry(env["plugins"], entry_points_too=False)
     assert _parse_value("12", "INT") == 12 and _parse_value("1.5", "FLOAT") == 1.5
     assert _parse_value("true", "STRING") == "true" and _parse_value('"quoted"', "STRING") == "quoted"
     assert _parse_value("a cat", "STRING") == "a cat" and _parse_value("[1, 2, 3]", None) == {"__value__": [1, 2, 3]}

@@ -4,6 +4,7 @@ import json
 
 from genloom.engine.node import INT_MAX, Boolean, Combo, Float, Hidden, Input, Node, Out, Seed, String
 from genloom.engine.registry import Registry
+from genloom.runtime import build_registry
 from genloom.engine.v1 import compile_v1
 
 ENTRY_KEYS = {"input", "input_order", "is_input_list", "output", "output_is_list", "output_name",
@@ -149,8 +150,7 @@ def test_v1_combo_declared_with_options_key_exports_bare_list():
 
 
 def test_registry_export_covers_every_node():
-    reg = Registry()
-    reg.load_builtins()
+    reg = build_registry(entry_points_too=False)
     reg.register(FancySampler)
     reg.register(V1Node, name="V1Node")
     info = reg.object_info()

@@ -4,7 +4,8 @@ import textwrap
 
 import pytest
 
-from genloom.engine.plugins import load_entry_points, load_folder, load_registry
+from genloom.engine.plugins import load_entry_points, load_folder
+from genloom.runtime import build_registry
 from genloom.engine.registry import Registry
 
 
@@ -94,7 +95,7 @@ def plugins(tmp_path):
 
 
 def test_plugins_folder(plugins):
-    reg = load_registry(plugins, entry_points_too=False)
+    reg = build_registry(plugins, entry_points_too=False)
     doubler = reg["Doubler"]
     assert doubler.source == "native_pack" and doubler.category == "math"
     assert call(doubler, value=21) == (42,)

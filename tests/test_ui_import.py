@@ -295,9 +295,9 @@ def test_subgraphs_are_flattened_with_path_ids(registry):
 
 def test_comfyui_default_workflow_with_builtin_nodes():
     """ComfyUI's stock txt2img graph, as the editor saves it, converts as ComfyUI's frontend would."""
-    from genloom.engine.plugins import load_registry
+    from genloom.runtime import build_registry
 
-    builtins = load_registry(entry_points_too=False)
+    builtins = build_registry(entry_points_too=False)
     clip = [out("CLIP", "CLIP", [3, 5], 1)]
     wf = {"last_node_id": 9, "last_link_id": 9, "version": 0.4, "groups": [], "config": {}, "extra": {},
           "nodes": [

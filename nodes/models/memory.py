@@ -237,6 +237,10 @@ class MemoryManager:
         entry.master.clear()
         _release_cache()
 
+    def free(self) -> None:
+        """Engine.free() (the server's POST /free): offload every model."""
+        self.free_all()
+
     def free_all(self, device: str | None = None) -> None:
         """Offload every unpinned component (of one device, or all); engine.free() calls this."""
         with self._lock:
@@ -261,25 +265,9 @@ def _release_cache() -> None:
         torch.cuda.empty_cache()
 
 
-_manager: MemoryManager | None = None
-_manager_lock = threading.Lock()
-
-
 def manager() -> MemoryManager:
-    """The process-wide manager that every handle's `use()` goes through."""
-    global _manager
-    with _manager_lock:
-        if _manager is None:
-            _manager = MemoryManager()
-        return _manager
-
-
-def free_all() -> None:
-    if _manager is not None:
-        _manager.free_all()
-
-
-context.on_free(free_all)  # Engine.free() (the server's POST /free) offloads every model
+    """The running engine's manager (through its resources): every handle's `use()` goes through it."""
+    return context.current().resources.get("memory", MemoryManager)
 
 
 def retry_on_oom(fn: Callable[[], Any], what: str = "this step"):

@@ -18,25 +18,17 @@ import inspect
 import time
 import traceback
 
-from . import context
-from .cache import Cache
-from .graph import Link, is_link_value, parse_input, to_api_value
-from .keys import Unkeyable, node_key, volatile_key, with_consumed
-from .node import Blocker, NodeOutput
-from .schema import NodeSchema
-from .validate import validate
+from .. import context
+from ..cache import Cache
+from ..errors import ExecutionError
+from ..graph import Link, is_link_value, parse_input, to_api_value
+from ..keys import Unkeyable, node_key, volatile_key, with_consumed
+from ..node import Blocker, NodeOutput
+from ..schema import NodeSchema
+from ..validate import validate
 
 NEW, WAITING, RUNNING, DONE = 0, 1, 2, 3
 _ALWAYS = object()  # fingerprint verdict: re-run every time
-
-
-class ExecutionError(Exception):
-    """A node failed; `payload` is the execution_error event data."""
-
-    def __init__(self, payload: dict):
-        self.payload = payload
-        super().__init__(f"node {payload['node_id']} ({payload['node_type']}) failed: "
-                         f"{payload['exception_type']}: {payload['exception_message']}")
 
 
 class _Kind:
