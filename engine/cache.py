@@ -12,26 +12,15 @@ an entry is stored, and an entry whose tensors moved on is dropped instead of se
 
 from __future__ import annotations
 
-import re
 import sys
 from collections import OrderedDict
 from dataclasses import dataclass
 
-_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 1024 ** 2, "mb": 1024 ** 2,
-          "mib": 1024 ** 2, "g": 1024 ** 3, "gb": 1024 ** 3, "gib": 1024 ** 3, "t": 1024 ** 4,
-          "tb": 1024 ** 4, "tib": 1024 ** 4}
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+from .sizes import parse_size
+
 # Values that hold no tensors and whose size is not worth walking for.
 _LEAVES = (int, float, bool, str, type(None), complex)
 _WALK_DEPTH = 8  # containers nest a few levels (CONDITIONING: slot list > list > pair > dict > tensor)
-
-
-def parse_size(text: str) -> int:
-    match = _SIZE.match(str(text))
-    unit = match.group(2).lower() if match else None
-    if match is None or unit not in _UNITS:
-        raise ValueError(f"cannot read the size {text!r}: use bytes or a unit, e.g. 512MB or 2GB")
-    return int(float(match.group(1)) * _UNITS[unit])
 
 
 @dataclass(slots=True)

@@ -81,12 +81,9 @@ class Folders:
         """Changes whenever the model's file (or any file of a model folder) changes: loader nodes
         use it as their fingerprint, since the cache otherwise keys them by name alone."""
         try:
-            path = self.model_path(kind, name)
-            files = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
-            stats = [p.stat() for p in files]
+            return path_stamp(self.model_path(kind, name))
         except (OSError, ValueError):
             return "missing"
-        return f"{max((st.st_mtime_ns for st in stats), default=0)}:{sum(st.st_size for st in stats)}"
 
     def list_inputs(self) -> list[str]:
         folder = Path(self.input_dir)
@@ -94,6 +91,15 @@ class Folders:
             return []
         return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
                       if p.is_file() and not p.name.startswith("."))
+
+
+def path_stamp(path: Path) -> str:
+    """'mtime:size' of a file, or of the newest file and total size of a folder: the one fingerprint of
+    a model on disk (loader fingerprints, the loaded-model cache). OSError when it is gone."""
+    path = Path(path)
+    files = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
+    stats = [p.stat() for p in files]
+    return f"{max((st.st_mtime_ns for st in stats), default=0)}:{sum(st.st_size for st in stats)}"
 
 
 def default_models_dirs() -> list[Path]:
