@@ -55,6 +55,10 @@ class ModelLoadError(NodeInputError):
     """A model file that exists but cannot be loaded (wrong layout, unsafe pickle, missing weights)."""
 
 
+class ExpansionError(GenloomError, ValueError):
+    """A node returned a subgraph that cannot run (unknown types, bad links, invalid inputs)."""
+
+
 class Interrupted(GenloomError):
     """The run was interrupted by the user."""
 

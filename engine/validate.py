@@ -77,7 +77,7 @@ def _coerce(kind: str, value: Any) -> Any:
     return value
 
 
-class _NodeCheck:
+class NodeCheck:
     """The per-node part of validation: parses and checks one node's inputs against its schema."""
 
     __slots__ = ("schemas", "combo_cache")
@@ -267,7 +267,7 @@ def validate(graph: dict, registry, outputs: list[str] | None = None) -> Validat
         return Validation({}, [], {}, _err("prompt_no_outputs", "Prompt has no outputs",
                                            "The workflow has no output node (e.g. Save Image)."))
 
-    checker = _NodeCheck(schemas)
+    checker = NodeCheck(schemas)
     checked: dict[str, tuple[ValidNode, list[dict], list[str]]] = {}
     valid: dict[str, bool] = {}  # finished nodes -> whole upstream valid
     order: list[str] = []  # finished nodes, dependencies first
