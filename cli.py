@@ -60,6 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
     nodes.add_argument("--json", action="store_true", help="print ComfyUI's /object_info JSON")
     nodes.set_defaults(handler=cmd_nodes)
 
+    graph = sub.add_parser("graph", help="print a workflow's structure, critical path or DOT",
+                           description="Show how a workflow hangs together: nodes, links, the longest "
+                                       "dependency chain, what could run in parallel; --dot for Graphviz.")
+    graph.add_argument("workflow", help="workflow file (.json or .png)")
+    common(graph, models=False)
+    graph.add_argument("--dot", action="store_true", help="print Graphviz DOT instead of the summary")
+    graph.add_argument("--json", action="store_true", help="print the summary as JSON")
+    graph.set_defaults(handler=cmd_graph)
+
     sub.add_parser("serve", help="serve ComfyUI's API and web editor (genloom serve --help)", add_help=False)
     return parser
 
@@ -192,6 +201,36 @@ def cmd_validate(args) -> int:
         return EXIT_FAILED
     outputs = ", ".join(f"{o} ({result.graph[o].class_type})" for o in result.outputs)
     print(f"valid: {len(result.graph)} nodes to run for outputs {outputs}")
+    return EXIT_OK
+
+
+def cmd_graph(args) -> int:
+    from .engine.analysis import structure, to_dot, workflow_digraph
+
+    workflow = _load(args.workflow, _registry(args))
+    g = workflow_digraph(workflow.graph)
+    if args.dot:
+        sys.stdout.write(to_dot(g, Path(args.workflow).stem))
+        return EXIT_OK
+    info = structure(g)
+    if args.json:
+        json.dump(info.as_dict(), sys.stdout, indent=1)
+        print()
+        return EXIT_OK if info.cycle is None else EXIT_FAILED
+
+    def label(node_id: str) -> str:
+        return f"{node_id} ({g.nodes[node_id]['class_type']})"
+
+    print(f"{info.nodes} nodes, {info.links} links, {info.components} independent part(s)")
+    print(f"sources: {', '.join(label(n) for n in info.sources) or '-'}")
+    print(f"sinks:   {', '.join(label(n) for n in info.sinks) or '-'}")
+    if info.cycle is not None:
+        print(f"dependency cycle: {' -> '.join(info.cycle + info.cycle[:1])}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"critical path ({len(info.critical_path)} nodes): {' -> '.join(label(n) for n in info.critical_path)}")
+    print(f"parallel width: {info.width} (at most that many nodes could run at once)")
+    for depth, level in enumerate(info.levels):
+        print(f"  level {depth}: {', '.join(label(n) for n in level)}")
     return EXIT_OK
 
 
