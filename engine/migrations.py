@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from typing import Callable
 
+from .errors import GenloomError
+
 CURRENT_VERSION = 1
 
 
-class MigrationError(ValueError):
+class MigrationError(GenloomError, ValueError):
     """An envelope that cannot be brought to the current version."""
 
 

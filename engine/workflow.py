@@ -126,18 +126,14 @@ def from_data(data: Any, registry=None) -> Workflow:
             envelope = migrate(data)
         except MigrationError as exc:
             raise WorkflowFormatError(str(exc)) from None
-        graph = envelope.get("graph")
-        if not isinstance(graph, dict):
-            raise WorkflowFormatError("genloom envelope: 'graph' must be an API-format object")
-        if graph and detect_format(graph) != "api":
+        from .envelope import parse_envelope
+
+        if envelope.get("metadata") is None:
+            envelope["metadata"] = {}
+        parsed = parse_envelope(envelope)
+        if parsed.graph and detect_format(parsed.graph) != "api":
             raise WorkflowFormatError("genloom envelope: 'graph' is not an API-format graph")
-        layout = envelope.get("layout")
-        metadata = envelope.get("metadata") or {}
-        if layout is not None and not isinstance(layout, dict):
-            raise WorkflowFormatError("genloom envelope: 'layout' must be a UI workflow object or null")
-        if not isinstance(metadata, dict):
-            raise WorkflowFormatError("genloom envelope: 'metadata' must be an object")
-        return Workflow(graph, layout, metadata, "envelope")
+        return Workflow(parsed.graph, parsed.layout, parsed.metadata, "envelope")
     if kind == "ui":
         if registry is None:
             raise WorkflowFormatError("a UI-format workflow needs the node registry to be converted")

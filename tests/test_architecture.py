@@ -120,3 +120,25 @@ def test_the_checker_sees_lazy_imports(tmp_path):
                     "    from ..nodes import PACKS\n")
     assert _imports("genloom.engine.fake", file) == {"genloom.engine.context", "genloom.engine.keys",
                                                      "genloom.nodes"}
+
+
+IMPORT_NAMES = {"pillow": "PIL"}
+
+
+def test_every_declared_dependency_is_imported_or_marked_indirect():
+    """A dependency nobody imports is dead weight, unless it is an indirect run-time need of another
+    package, which its line in pyproject.toml must say."""
+    import re
+
+    tomllib = pytest.importorskip("tomllib")
+
+    text = (ROOT / "pyproject.toml").read_text()
+    declared = tomllib.loads(text)["project"]["dependencies"]
+    source = "\n".join(file.read_text() for file in MODULES.values())
+    for spec in declared:
+        name = re.match(r"[A-Za-z0-9_.-]+", spec).group(0)
+        module = IMPORT_NAMES.get(name.lower(), name.replace("-", "_"))
+        if re.search(rf"^\s*(import|from) {re.escape(module)}\b", source, re.M):
+            continue
+        line = next(line for line in text.splitlines() if line.strip().startswith(f'"{spec}"'))
+        assert "# indirect:" in line, f"{name} is declared but never imported, and not marked indirect"

@@ -157,3 +157,17 @@ def test_bad_versions_and_formats(registry, tmp_path):
     with pytest.raises(WorkflowFormatError):
         load_workflow(binary, registry)
     assert detect_format(API) == "api" and detect_format(UI) == "ui"
+
+
+def test_envelope_fields_are_checked_by_the_declared_model(registry):
+    from genloom.engine.envelope import Envelope
+
+    with pytest.raises(WorkflowFormatError, match=r"genloom envelope: 'layout': .*dictionary"):
+        load_workflow({"schema_version": 1, "graph": {}, "layout": [1]}, registry)
+    with pytest.raises(WorkflowFormatError, match=r"'graph': .*dictionary"):
+        load_workflow({"schema_version": 1, "graph": [1]}, registry)
+    with pytest.raises(WorkflowFormatError, match=r"'metadata': .*dictionary"):
+        load_workflow({"schema_version": 1, "graph": {}, "metadata": "x"}, registry)
+    schema = Envelope.model_json_schema()
+    assert set(schema["properties"]) == {"schema_version", "graph", "layout", "metadata"}
+    assert schema["required"] == ["graph"]
