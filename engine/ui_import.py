@@ -59,9 +59,24 @@ def widget_values(specs: list[InputSpec], values) -> dict[str, Any]:
             break
         out[spec.name] = values[i]
         i += 1
-        if has_control_widget(spec) and i < n and isinstance(values[i], str) and values[i] in CONTROL_VALUES:
+        if has_control_widget(spec) and i < n and _is_control_value(values[i]):
             i += 1
     return out
+
+
+def _is_control_value(value) -> bool:
+    """The editor's 'control after generate' entry: a mode string, or a boolean in older files."""
+    return isinstance(value, bool) or (isinstance(value, str) and value in CONTROL_VALUES)
+
+
+def widget_default(spec: InputSpec):
+    """What the editor shows in a fresh widget: the declared default, else a COMBO's first option."""
+    if spec.default is not None:
+        return spec.default
+    if spec.type == "COMBO":
+        options = spec.combo_options()
+        return options[0] if options else _NOTHING
+    return _NOTHING
 
 
 class _Scope:
@@ -267,8 +282,11 @@ def _convert(node: dict, scope: _Scope, resolver: _Resolver, registry) -> dict:
     inputs: dict[str, Any] = {}
     if schema is not None:
         widgets = [spec for spec in schema.inputs if spec.is_widget]
-        for name, value in widget_values(widgets, node.get("widgets_values")).items():
-            inputs[name] = {"__value__": value} if isinstance(value, list) else value
+        given = widget_values(widgets, node.get("widgets_values"))
+        for spec in widgets:  # values the file lacks (none saved, or a newer definition) take defaults
+            value = given[spec.name] if spec.name in given else widget_default(spec)
+            if value is not _NOTHING:
+                inputs[spec.name] = {"__value__": value} if isinstance(value, list) else value
     for inp in node.get("inputs") or []:
         link_id = inp.get("link")
         if link_id is None:
@@ -282,4 +300,8 @@ def _convert(node: dict, scope: _Scope, resolver: _Resolver, registry) -> dict:
         elif schema is None or name not in schema.by_name or not schema.by_name[name].is_widget:
             inputs.pop(name, None)
     title = node.get("title") or (schema.display_name if schema is not None else kind)
-    return {"class_type": kind, "inputs": inputs, "_meta": {"title": title}}
+    meta = {"title": title}
+    if schema is None and node.get("widgets_values") is not None:
+        # Unknown here: keep the raw values, so that installing the pack (or the error) can use them.
+        meta["widgets_values"] = node["widgets_values"]
+    return {"class_type": kind, "inputs": inputs, "_meta": meta}

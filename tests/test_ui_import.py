@@ -197,7 +197,7 @@ def test_dict_widgets_unknown_nodes_and_lists(registry):
     api = ui_to_api(wf, registry)
     assert api["1"]["inputs"] == {"width": 64, "height": 96, "batch_size": 3}
     assert api["2"] == {"class_type": "SomeCustomNode", "inputs": {"latent": ["1", 0]},
-                        "_meta": {"title": "SomeCustomNode"}}
+                        "_meta": {"title": "SomeCustomNode", "widgets_values": [1, 2]}}  # raw values kept
     assert api["3"]["inputs"]["filename_prefix"] == {"__value__": ["a", "b"]}  # a list constant, not a link
     v = validate(api, registry)
     assert v.error["type"] == "missing_node_type" and v.error["extra_info"]["class_type"] == "SomeCustomNode"
@@ -336,3 +336,21 @@ def test_comfyui_default_workflow_with_builtin_nodes():
     # Only the checkpoint, absent from this machine's model folders, is refused.
     assert list(v.node_errors) == ["4"]
     assert [e["type"] for e in v.node_errors["4"]["errors"]] == ["value_not_in_list"]
+
+
+def test_boolean_seed_controls_and_missing_widget_values_follow_the_editor(registry):
+    """Older files store the seed control as a boolean; a node saved without widgets_values (or by an
+    older definition with fewer widgets) gets the defaults the editor would show."""
+    wf = {"nodes": [
+        node(3, "Sampler", [], [out("LATENT", "LATENT", [])], widgets=[5, True, 12, 2.5, "ddim", "karras", 0.5]),
+        node(4, "Sampler", [], [out("LATENT", "LATENT", [])], widgets=[6, False, 30]),
+        node(9, "Save", [], []),
+        node(1, "Loader", [], [out("MODEL", "MODEL", [])]),
+    ], "links": [], "version": 0.4}
+    api = ui_to_api(wf, registry)
+    assert api["3"]["inputs"] == {"seed": 5, "steps": 12, "cfg": 2.5, "sampler_name": "ddim",
+                                  "scheduler": "karras", "denoise": 0.5}
+    assert api["4"]["inputs"] == {"seed": 6, "steps": 30, "cfg": 8.0, "sampler_name": "euler",
+                                  "scheduler": "normal", "denoise": 1.0}
+    assert api["9"]["inputs"] == {"filename_prefix": "genloom"}
+    assert api["1"]["inputs"] == {"ckpt_name": "tiny.safetensors"}  # a COMBO's first option
