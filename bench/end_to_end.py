@@ -26,12 +26,11 @@ from pathlib import Path
 
 import torch
 
+from genloom.diffusion.models.loading import CONFIGS, assemble, load_diffusers_folder, make_tokenizer
 from genloom.engine import context
 from genloom.engine.folders import PACKAGE_ROOT, Folders
-from genloom.nodes.models.loading import assemble, load_diffusers_folder, make_tokenizer
 
 PROMPT = "a red circle on a blue background"
-CONFIGS = PACKAGE_ROOT / "nodes" / "configs"
 
 
 def sync(device: str) -> None:
@@ -132,7 +131,7 @@ def run_nodes(bundle, latent_size: int, steps: int, cfg: float):
 
     from genloom.nodes.conditioning import CLIPTextEncode
     from genloom.nodes.latent import EmptyLatentImage, VAEDecode
-    from genloom.nodes.sampling import KSampler
+    from genloom.nodes.ksampler import KSampler
 
     def call(seed):
         (pos,) = CLIPTextEncode().run(PROMPT, bundle.clip)

@@ -1,14 +1,13 @@
-"""Byte sizes as people write them in settings ("4GB", "512 MiB", "1.5k"): the one parser for cache
-budgets, memory budgets and request limits."""
+"""Byte sizes as people write them in settings ("4GB", "512 MiB", "6G", "1.5k", "1e9"): the one parser
+for cache budgets, memory budgets and request limits. Units are binary and case-insensitive."""
 
 from __future__ import annotations
 
 import re
 
-_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 1024 ** 2, "mb": 1024 ** 2,
-          "mib": 1024 ** 2, "g": 1024 ** 3, "gb": 1024 ** 3, "gib": 1024 ** 3, "t": 1024 ** 4,
-          "tb": 1024 ** 4, "tib": 1024 ** 4}
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+_UNITS = {"": 1, "b": 1, **{letter + suffix: 1024 ** power for power, letter in enumerate("kmgt", start=1)
+                            for suffix in ("", "b", "i", "ib")}}
+_SIZE = re.compile(r"^\s*((?:\d+(?:\.\d*)?|\.\d+)(?:e[+-]?\d+)?)\s*([a-z]*)\s*$", re.IGNORECASE)
 
 
 def parse_size(text) -> int:

@@ -8,14 +8,15 @@ latent cells (pixels // 8), "strength" and "set_area_to_bounds" (False).
 
 from __future__ import annotations
 
+from genloom.engine.errors import NodeInputError
 from genloom.engine.node import Float, Input, Int, Node, Out, String
 
 MAX_RESOLUTION = 16384
 
 
-def _encode(node: str, clip, text: str, text_2: str | None = None):
+def _encode(clip, text: str, text_2: str | None = None):
     if clip is None:
-        raise ValueError(f"{node}: input 'clip' is empty (the checkpoint has no text encoder)")
+        raise NodeInputError("clip", "is empty (the checkpoint has no text encoder)")
     return clip.encode(text, text_2)
 
 
@@ -29,7 +30,7 @@ class CLIPTextEncode(Node):
     outputs = [Out("CONDITIONING", tooltip="The encoded prompt.")]
 
     def run(self, text, clip):
-        cond, pooled = _encode("CLIPTextEncode", clip, text)
+        cond, pooled = _encode(clip, text)
         return ([[cond, {"pooled_output": pooled}]],)
 
 
@@ -50,9 +51,9 @@ class CLIPTextEncodeSDXL(Node):
 
     def run(self, clip, width, height, crop_w, crop_h, target_width, target_height, text_g, text_l):
         if clip is not None and len(clip.text_encoders) == 2:
-            cond, pooled = _encode("CLIPTextEncodeSDXL", clip, text_l, text_g)
+            cond, pooled = _encode(clip, text_l, text_g)
         else:
-            cond, pooled = _encode("CLIPTextEncodeSDXL", clip, text_l)
+            cond, pooled = _encode(clip, text_l)
         return ([[cond, {"pooled_output": pooled, "width": width, "height": height, "crop_w": crop_w,
                          "crop_h": crop_h, "target_width": target_width, "target_height": target_height}]],)
 

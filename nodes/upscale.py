@@ -1,23 +1,27 @@
 """Upscaling: latents by interpolation, pictures with a super-resolution model (ESRGAN and the
-other architectures spandrel knows), as ComfyUI's core nodes do."""
+other architectures spandrel knows), as ComfyUI's core nodes do. The work is in
+genloom.diffusion.resample and genloom.diffusion.upscale_models."""
 
 from __future__ import annotations
 
+from genloom.diffusion.resample import CROP_METHODS, LATENT_METHODS, keep_aspect
+from genloom.diffusion.tiling import DEFAULT_TILE
 from genloom.engine import context
+from genloom.engine.errors import NodeInputError
 from genloom.engine.node import Combo, Float, Input, Int, Node, Out
 
-from .resample import CROP_METHODS, LATENT_METHODS, resize
-from .tiling import DEFAULT_OVERLAP, DEFAULT_TILE, MIN_TILE, run_tiled
+from .loaders import load_model_file, model_names, model_stamp
 
 MAX_RESOLUTION = 16384
 LATENT_FACTOR = 8  # pixels per latent cell, as ComfyUI's latent upscale nodes assume
-BORDER = 8  # pixels mirrored around a picture before model upscaling
 
 
 def _upscaled_latent(samples: dict, width: int, height: int, method: str, crop: str = "disabled") -> dict:
+    from genloom.diffusion.resample import resize
+
     latent = samples["samples"]
     if latent.dim() != 4:
-        raise ValueError(f"samples: expected a [B, C, H, W] latent, got shape {tuple(latent.shape)}")
+        raise NodeInputError("samples", f"expected a [B, C, H, W] latent, got shape {tuple(latent.shape)}")
     out = dict(samples)
     out["samples"] = resize(latent, width, height, method, crop)
     return out
@@ -41,14 +45,7 @@ class LatentUpscale(Node):
         if width == 0 and height == 0:
             return (samples,)
         h, w = samples["samples"].shape[-2:]
-        if width == 0:
-            height = max(64, height)
-            width = max(64, round(w * height / h))
-        elif height == 0:
-            width = max(64, width)
-            height = max(64, round(h * width / w))
-        else:
-            width, height = max(64, width), max(64, height)
+        width, height = keep_aspect(width, height, w, h, minimum=64)
         return (_upscaled_latent(samples, width // LATENT_FACTOR, height // LATENT_FACTOR,
                                  upscale_method, crop),)
 
@@ -71,73 +68,22 @@ class LatentUpscaleBy(Node):
                                  upscale_method),)
 
 
-def _upscale_models() -> list[str]:
-    return context.current().folders.list_models("upscale_models")
-
-
-def load_upscale_model(path, node: str = "UpscaleModelLoader", input_name: str = "model_name"):
-    """A spandrel ImageModelDescriptor from a weights file; pickles that hold code are refused."""
-    from safetensors import SafetensorError
-    from spandrel import ImageModelDescriptor, ModelLoader, UnsupportedModelError
-
-    from .models.single_file import CheckpointError, read_state_dict
-
-    try:
-        state, _ = read_state_dict(path)
-    except (CheckpointError, OSError, SafetensorError) as exc:
-        message = str(exc) if path.name in str(exc) else f"{path.name}: {exc}"
-        raise ValueError(f"{node}: {input_name}: {message}") from exc
-    try:
-        model = ModelLoader().load_from_state_dict(state)
-    except UnsupportedModelError as exc:
-        raise ValueError(f"{node}: {input_name}: {path.name} is not an upscale model architecture "
-                         f"that spandrel recognises") from exc
-    if not isinstance(model, ImageModelDescriptor):
-        raise ValueError(f"{node}: {input_name}: {path.name} is not a single-image model")
-    return model.eval()
-
-
 class UpscaleModelLoader(Node):
     """Loads a super-resolution model (ESRGAN, Real-ESRGAN, SwinIR, ...) from models/upscale_models."""
 
     category = "loaders"
     display_name = "Load Upscale Model"
-    inputs = [Combo("model_name", _upscale_models, tooltip="A file in models/upscale_models.")]
+    inputs = [Combo("model_name", model_names("upscale_models"), tooltip="A file in models/upscale_models.")]
     outputs = [Out("UPSCALE_MODEL")]
 
     @classmethod
     def fingerprint(cls, model_name):
-        return context.current().folders.model_stamp("upscale_models", model_name)
+        return model_stamp("upscale_models", model_name)
 
     def run(self, model_name):
-        try:
-            path = context.current().folders.model_path("upscale_models", model_name)
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"UpscaleModelLoader: model_name: {exc}") from exc
-        return (load_upscale_model(path),)
+        from genloom.diffusion.upscale_models import load_upscale_model
 
-
-def upscale_padded(model, pixels, device: str, tile: int = DEFAULT_TILE, progress=None):
-    """[B, C, H, W] upscaled by `model` (a spandrel descriptor, moved to `device` and back).
-
-    The picture is mirrored outwards by a few pixels first and the margin cut from the result: these
-    models pad their convolutions with zeros, which darkens the outermost pixels; mirroring gives
-    them real-looking neighbours instead."""
-    import torch.nn.functional as F
-
-    margin = min(BORDER, pixels.shape[-2] - 1, pixels.shape[-1] - 1)
-    if margin > 0:
-        pixels = F.pad(pixels, [margin] * 4, mode="reflect")
-    model.to(device)
-    try:
-        out = run_tiled(model, pixels, model.scale, tile=tile, overlap=DEFAULT_OVERLAP, device=device,
-                        progress=progress, min_tile=MIN_TILE)
-    finally:
-        model.to("cpu")
-    if margin > 0:
-        cut = margin * model.scale
-        out = out[..., cut:out.shape[-2] - cut, cut:out.shape[-1] - cut]
-    return out
+        return (load_model_file("model_name", "upscale_models", model_name, load_upscale_model),)
 
 
 class ImageUpscaleWithModel(Node):
@@ -150,24 +96,15 @@ class ImageUpscaleWithModel(Node):
     outputs = [Out("IMAGE")]
 
     def run(self, upscale_model, image):
+        from genloom.diffusion.upscale_models import fits_channels, upscale_image
+
         ctx = context.current()
-        options = ctx.options or {}
-        tile = int(options.get("upscale_tile", DEFAULT_TILE))
-        channels = upscale_model.input_channels
-        pixels = image.movedim(-1, 1).float()
-        if pixels.shape[1] != channels:
-            if channels == 1:
-                pixels = pixels[:, :3].mean(1, keepdim=True)
-            elif channels == 3 and pixels.shape[1] in (1, 4):
-                pixels = pixels[:, :3] if pixels.shape[1] == 4 else pixels.expand(-1, 3, -1, -1)
-            else:
-                raise ValueError(f"ImageUpscaleWithModel: image has {pixels.shape[1]} channels, "
-                                 f"the model takes {channels}")
-        out = upscale_padded(upscale_model, pixels, ctx.device, tile,
-                             progress=lambda done, total: ctx.progress(done, total))
-        if out.shape[1] == 1:
-            out = out.expand(-1, 3, -1, -1)
-        return (out.clamp(0, 1).movedim(1, -1).contiguous(),)
+        if not fits_channels(image.shape[-1], upscale_model.input_channels):
+            raise NodeInputError("image", f"has {image.shape[-1]} channels, the model takes "
+                                          f"{upscale_model.input_channels}")
+        tile = int((ctx.options or {}).get("upscale_tile", DEFAULT_TILE))
+        return (upscale_image(upscale_model, image, ctx.device, tile,
+                              progress=lambda done, total: ctx.progress(done, total)),)
 
 
 NODES = [LatentUpscale, LatentUpscaleBy, UpscaleModelLoader, ImageUpscaleWithModel]

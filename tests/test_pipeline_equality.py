@@ -35,7 +35,7 @@ def _genloom_nodes(folder_name, sampler, schedule, width, height, batch=1):
     from genloom.nodes.conditioning import CLIPTextEncode
     from genloom.nodes.latent import EmptyLatentImage, VAEDecode
     from genloom.nodes.loaders import DiffusersLoader
-    from genloom.nodes.sampling import KSampler
+    from genloom.nodes.ksampler import KSampler
 
     model, clip, vae = DiffusersLoader().run(folder_name)
     (pos,) = CLIPTextEncode().run(PROMPT, clip)

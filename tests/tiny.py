@@ -17,7 +17,7 @@ def tiny_tokenizer(folder: Path, pad_token: str = "<|endoftext|>"):
     """A CLIP BPE tokenizer: all bytes, a few whole words as merges, and CLIP's special tokens."""
     from transformers import CLIPTokenizer
 
-    from genloom.nodes.models.loading import TOKENIZER_FILES
+    from genloom.diffusion.models.loading import TOKENIZER_FILES
 
     byte_vocab = json.loads((TOKENIZER_FILES / "vocab.json").read_text(encoding="utf-8"))
     base = list(byte_vocab)[:512]  # the 256 byte symbols and their end-of-word forms
@@ -123,7 +123,7 @@ def _rm(folder: Path) -> None:
 
 def build_models_dir(root: Path) -> dict:
     """ComfyUI layout under `root`: diffusers/tiny-<kind>/ and checkpoints/tiny-<kind>.safetensors."""
-    from genloom.nodes.models.single_file import save_single_file
+    from genloom.diffusion.models.single_file import save_single_file
 
     for sub in ("checkpoints", "loras", "vae", "diffusers"):
         (root / sub).mkdir(parents=True, exist_ok=True)

@@ -293,7 +293,7 @@ def train_diffusion(unet, text_encoder, means, stds, token_ids, steps: int, batc
 def write_single_file(diffusers_dir: Path, out_path: Path) -> str:
     """The single-file checkpoint comes from the engine's own converter; without it, say so and go on."""
     try:
-        from genloom.nodes.models.single_file import save_single_file
+        from genloom.diffusion.models.single_file import save_single_file
     except ImportError as exc:
         return f"skipped single-file checkpoint (converter not available: {exc})"
     out_path.parent.mkdir(parents=True, exist_ok=True)

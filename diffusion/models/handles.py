@@ -1,0 +1,155 @@
+"""The objects that flow through MODEL, CLIP and VAE sockets.
+
+Handles are small immutable wrappers around shared diffusers/transformers modules. The modules hold
+the *base* weights and are never modified: LoRA and similar changes live in `patches` and are applied
+only inside `use()`, on the device copy, and removed on exit. That is why a cached loader output can
+feed one sampler with a LoRA and another without it, in any order.
+
+What other node authors (sampling, VAE, latent nodes) can rely on
+-----------------------------------------------------------------
+ModelHandle (MODEL)
+  .unet              UNet2DConditionModel with base weights; do not call it directly, use `use()`.
+  .scheduler_config  dict, the model's ORIGINAL diffusers scheduler config: build every swapped
+                     scheduler from it (`EulerDiscreteScheduler.from_config(m.scheduler_config)`).
+  .kind              "sd1" | "sd2" | "sdxl" (from the UNet and text encoder configs)
+  .prediction_type   "epsilon" | "v_prediction"
+  .latent_channels, .vae_scale_factor (pixels per latent cell, 8 for SD)
+  .needs_time_ids    True when the UNet wants SDXL's added_cond_kwargs
+  .time_ids(extra, height, width) -> float32 [6] tensor for SDXL from a CONDITIONING entry's dict
+  .with_lora(lora, strength) -> new handle sharing the base weights
+  with model.use(device, dtype=None) as unet: ...   # unet on device, patches applied, pinned in VRAM
+ClipHandle (CLIP)
+  .encode(text, text_2=None) -> (cond [1, T, D] float32 CPU, pooled [1, P] float32 CPU)
+                     SDXL: text feeds CLIP-L, text_2 (default: text) the big encoder.
+  .kind, .stop_at_layer, .text_encoders, .tokenizers
+  .with_stop_at_layer(n), .with_lora(lora, strength)
+VaeHandle (VAE)
+  .scaling_factor, .shift_factor (0.0 when the model has none), .latent_channels, .scale_factor
+  .encode(images [B,H,W,C] 0..1) -> latents [B,C,H/f,W/f] float32 CPU, already scaled
+  .decode(latents scaled) -> images [B,H,W,C] 0..1 float32 CPU
+  with vae.use(device, dtype=None) as autoencoder: ...  # for tiled or custom passes
+Memory: all `use()` calls go through the engine's manager, `model_owner().memory` (owner.py); wrap
+a whole sampling loop in `model_owner().memory.retry_on_oom(fn)` to get "free and retry once, then a
+clear error" on CUDA OOM.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from typing import Any
+
+from .encoding import encode_prompt
+from .lora import patched
+from .owner import model_owner
+
+
+@dataclass(frozen=True, eq=False)  # identity semantics: handles wrap live modules
+class ModelHandle:
+    unet: Any
+    scheduler_config: dict
+    kind: str = "sd1"
+    prediction_type: str = "epsilon"
+    latent_channels: int = 4
+    vae_scale_factor: int = 8
+    patches: tuple = ()  # ((LoraWeights, strength), ...) applied in order inside use()
+    name: str = ""
+
+    @property
+    def needs_time_ids(self) -> bool:
+        return getattr(self.unet.config, "addition_embed_type", None) == "text_time"
+
+    def time_ids(self, extra: dict, height: int, width: int):
+        """SDXL micro-conditioning: (orig h, w, crop top, left, target h, w) in pixels.
+
+        Missing values default to the image being generated, as diffusers' pipeline does."""
+        import torch
+
+        return torch.tensor([extra.get("height", height), extra.get("width", width),
+                             extra.get("crop_h", 0), extra.get("crop_w", 0),
+                             extra.get("target_height", height), extra.get("target_width", width)],
+                            dtype=torch.float32)
+
+    def with_lora(self, lora, strength: float) -> "ModelHandle":
+        if strength == 0 or not lora.has_unet:
+            return self
+        return replace(self, patches=self.patches + ((lora, float(strength)),))
+
+    @contextmanager
+    def use(self, device: str | None = None, dtype=None):
+        with model_owner().memory.use(self.unet, device, dtype) as unet:
+            with patched(unet, self.patches, "unet"):
+                yield unet
+
+
+@dataclass(frozen=True, eq=False)
+class ClipHandle:
+    """One or two (SDXL) tokenizer + text encoder pairs.
+
+    `stop_at_layer` follows CLIPSetLastLayer: -1 is the model's own output, -2 one layer earlier..."""
+
+    tokenizers: tuple
+    text_encoders: tuple
+    kind: str = "sd1"
+    stop_at_layer: int = -1
+    patches: tuple = ()
+    name: str = ""
+
+    def with_stop_at_layer(self, layer: int) -> "ClipHandle":
+        return replace(self, stop_at_layer=int(layer))
+
+    def with_lora(self, lora, strength: float) -> "ClipHandle":
+        if strength == 0 or not lora.has_text:
+            return self
+        return replace(self, patches=self.patches + ((lora, float(strength)),))
+
+    def encode(self, text: str, text_2: str | None = None):
+        """Same numbers as the diffusers pipeline's encode_prompt for this kind of model."""
+        return encode_prompt(self, text, text if text_2 is None else text_2)
+
+
+@dataclass(frozen=True, eq=False)
+class VaeHandle:
+    vae: Any  # AutoencoderKL with base weights
+    name: str = ""
+
+    @property
+    def scaling_factor(self) -> float:
+        return float(getattr(self.vae.config, "scaling_factor", 0.18215) or 0.18215)
+
+    @property
+    def shift_factor(self) -> float:
+        return float(getattr(self.vae.config, "shift_factor", None) or 0.0)
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.vae.config.latent_channels)
+
+    @property
+    def scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @contextmanager
+    def use(self, device: str | None = None, dtype=None):
+        with model_owner().memory.use(self.vae, device, dtype) as vae:
+            yield vae
+
+    def encode(self, images):
+        """Images [B,H,W,C] 0..1 -> scaled latents: the posterior mean, so equal inputs give equal latents."""
+        import torch
+
+        with torch.no_grad(), self.use() as vae:
+            param = next(vae.parameters())
+            x = images.movedim(-1, 1).to(param.device, param.dtype) * 2.0 - 1.0
+            latents = vae.encode(x).latent_dist.mean
+            latents = (latents - self.shift_factor) * self.scaling_factor
+            return latents.float().cpu()
+
+    def decode(self, latents):
+        import torch
+
+        with torch.no_grad(), self.use() as vae:
+            param = next(vae.parameters())
+            z = latents.to(param.device, param.dtype) / self.scaling_factor + self.shift_factor
+            images = vae.decode(z).sample
+            return ((images.float() + 1.0) / 2.0).clamp(0, 1).movedim(1, -1).cpu()

@@ -1,0 +1,53 @@
+"""Reading weights files: safetensors, and pickled torch files only through torch's weights-only
+unpickler, so a file that holds Python objects (which could run code when loaded) is refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from genloom.diffusion.errors import CheckpointError
+
+
+def read_state_dict(path: Path) -> tuple[dict, dict]:
+    """(tensors, metadata). Pickled files load only if torch's weights-only unpickler accepts them."""
+    path = Path(path)
+    if path.suffix.lower() == ".safetensors":
+        from safetensors import SafetensorError, safe_open
+        from safetensors.torch import load_file
+
+        try:
+            with safe_open(str(path), "pt") as f:
+                meta = dict(f.metadata() or {})
+            return load_file(str(path)), meta
+        except SafetensorError as exc:
+            raise CheckpointError(f"{path.name}: {exc}") from exc
+    import pickle
+
+    import torch
+
+    try:
+        data = torch.load(str(path), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError, EOFError) as exc:
+        raise CheckpointError(
+            f"{path.name} is not a plain weights file: it contains Python objects that could run "
+            f"code when loaded, so genloom refuses it (convert it to .safetensors). Detail: "
+            f"{str(exc).splitlines()[0][:200]}") from exc
+    if isinstance(data, dict):
+        for key in ("state_dict", "params_ema", "params"):
+            if isinstance(data.get(key), dict):
+                data = data[key]
+                break
+    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        tensors = {k: v for k, v in data.items() if isinstance(v, torch.Tensor)} if isinstance(data, dict) else {}
+        if not tensors:
+            raise CheckpointError(f"{path.name} holds no tensors")
+        data = tensors
+    return data, {}
+
+
+def read_weights(path: Path) -> dict:
+    """The tensors of a weights file; every failure to read it is a CheckpointError naming the file."""
+    try:
+        return read_state_dict(path)[0]
+    except OSError as exc:
+        raise CheckpointError(f"{Path(path).name}: {exc}") from exc

@@ -1,0 +1,201 @@
+"""Conditioning prepared for the UNet and classifier-free guidance.
+
+CONDITIONING entries become jobs (embeddings batched for the latent, SDXL's pooled output and time
+ids, areas, masks, strength and timestep ranges); jobs that can share one UNet call are batched,
+and their predictions are averaged per side (weighted by strength, areas and masks) before guidance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from genloom.diffusion.errors import SamplingError
+
+from .noise import prepare_mask
+
+
+@dataclass
+class _Job:
+    group: int  # 0 negative, 1 positive
+    emb: Any  # [B, T, D] on device
+    pooled: Any  # [B, P] or None
+    time_ids: Any  # [B, 6] or None
+    area: tuple | None  # (h, w, y, x) in latent cells
+    weight: Any  # float strength, or a [B,1,h,w] tensor (mask * strength)
+    t_range: tuple = (0.0, 1.0)  # (start_percent, end_percent)
+
+
+@dataclass
+class Guidance:
+    """Positive and negative conditioning prepared once for a run, then asked every step."""
+
+    jobs: list
+    cfg: float
+    needs_time_ids: bool
+    num_train_timesteps: int
+    batches: list = field(default_factory=list)  # (job indices) that share one UNet call
+    _unet_dtype: Any = None
+    _concat: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        plain: dict[tuple, list[int]] = {}
+        for i, job in enumerate(self.jobs):
+            if job.area is None:
+                key = (tuple(job.emb.shape[1:]), job.pooled is None)
+                plain.setdefault(key, []).append(i)
+            else:
+                self.batches.append([i])
+        self.batches = list(plain.values()) + self.batches
+
+    def _dtype(self, unet):
+        """The UNet's dtype, looked up once: diffusers' `.dtype` walks the modules on every call."""
+        if self._unet_dtype is None:
+            self._unet_dtype = next(unet.parameters()).dtype
+        return self._unet_dtype
+
+    def _inputs(self, live: tuple, dtype):
+        """Concatenated conditioning for one UNet call, built once per set of jobs."""
+        cached = self._concat.get(live)
+        if cached is None:
+            emb = _cat([self.jobs[i].emb for i in live]).to(dtype)
+            added = None
+            if self.needs_time_ids:
+                added = {"text_embeds": _cat([self.jobs[i].pooled for i in live]).to(dtype),
+                         "time_ids": _cat([self.jobs[i].time_ids for i in live]).to(dtype)}
+            cached = self._concat[live] = (emb, added)
+        return cached
+
+    def active(self, job: _Job, t: float) -> bool:
+        start, end = job.t_range
+        if start <= 0.0 and end >= 1.0:
+            return True
+        progress = 1.0 - t / max(self.num_train_timesteps - 1, 1)
+        return start <= progress <= end
+
+    def __call__(self, unet, x_in, t, t_value: float):
+        """The guided model output for the scaled input `x_in` at timestep `t`."""
+        import torch
+
+        preds: dict[int, Any] = {}
+        dtype = self._dtype(unet)
+        for batch in self.batches:
+            live = tuple(i for i in batch if self.active(self.jobs[i], t_value))
+            if not live:
+                continue
+            area = self.jobs[live[0]].area
+            x = x_in if area is None else x_in[:, :, area[2]:area[2] + area[0], area[3]:area[3] + area[1]]
+            n = len(live)
+            xb = torch.cat([x] * n) if n > 1 else x
+            emb, added = self._inputs(live, dtype)
+            out = unet(xb.to(dtype), t, encoder_hidden_states=emb, return_dict=False,
+                       **({"added_cond_kwargs": added} if added is not None else {}))[0]
+            if out.dtype != torch.float32:
+                out = out.float()
+            outs = out.chunk(n) if n > 1 else (out,)
+            for i, o in zip(live, outs):
+                preds[i] = o
+        cond = self._combine(1, preds, x_in)
+        if self.cfg == 1.0:
+            return cond if cond is not None else torch.zeros_like(x_in)
+        uncond = self._combine(0, preds, x_in)
+        if uncond is None:
+            uncond = torch.zeros_like(x_in)
+        if cond is None:
+            return uncond
+        return uncond + self.cfg * (cond - uncond)
+
+    def _combine(self, group: int, preds: dict, x_in):
+        """Average the predictions of one side, weighted by strength, areas and masks."""
+        import torch
+
+        idx = [i for i, job in enumerate(self.jobs) if job.group == group and i in preds]
+        if not idx:
+            return None
+        if len(idx) == 1:
+            job = self.jobs[idx[0]]
+            if job.area is None and isinstance(job.weight, float):
+                return preds[idx[0]]  # one plain conditioning: the prediction as it is
+        total = torch.zeros_like(x_in)
+        count = torch.zeros_like(x_in[:, :1])
+        for i in idx:
+            job = self.jobs[i]
+            weight = job.weight
+            if job.area is None:
+                total += preds[i] * weight
+                count += weight if not isinstance(weight, float) else torch.full_like(count, weight)
+            else:
+                h, w, y, x = job.area
+                region = (slice(None), slice(None), slice(y, y + h), slice(x, x + w))
+                wgt = weight if isinstance(weight, float) else weight[region]
+                total[region] += preds[i] * wgt
+                count[region] += wgt
+        covered = count > 0
+        result = total / count.clamp_min(1e-8)
+        if group == 1 and not bool(covered.all()):
+            # Regions no positive conditioning reaches follow the negative prediction.
+            other = self._combine(0, preds, x_in)
+            if other is not None:
+                result = torch.where(covered, result, other)
+        return result
+
+
+def _cat(tensors):
+    import torch
+
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
+
+
+def prepare_guidance(model, positive, negative, cfg: float, latent_shape, device) -> Guidance:
+    """Turn CONDITIONING lists into device tensors shaped for the batch, once per run."""
+    import torch
+
+    b, _c, h, w = latent_shape
+    scale = int(getattr(model, "vae_scale_factor", 8) or 8)
+    jobs: list[_Job] = []
+    for group, conds in ((0, negative), (1, positive)):
+        if group == 0 and cfg == 1.0:
+            continue
+        for entry in conds or []:
+            emb, extra = entry[0], (entry[1] if len(entry) > 1 else {}) or {}
+            emb = _batch(emb.to(torch.float32), b).to(device)
+            pooled = time_ids = None
+            if model.needs_time_ids:
+                if extra.get("pooled_output") is None:
+                    raise SamplingError("this SDXL-type model needs pooled text embeddings "
+                                        "(pooled_output) in its conditioning")
+                pooled = _batch(extra["pooled_output"].to(torch.float32), b).to(device)
+                ids = model.time_ids(extra, h * scale, w * scale)
+                time_ids = ids.reshape(1, -1).repeat(b, 1).to(device)
+            area = _area(extra.get("area"), h, w)
+            strength = float(extra.get("strength", 1.0))
+            weight: Any = strength
+            if extra.get("mask") is not None:
+                m = prepare_mask(extra["mask"], latent_shape, device)
+                weight = m * float(extra.get("mask_strength", 1.0)) * strength
+            t_range = (float(extra.get("start_percent", 0.0)), float(extra.get("end_percent", 1.0)))
+            jobs.append(_Job(group, emb, pooled, time_ids, area, weight, t_range))
+    if not any(job.group == 1 for job in jobs):
+        raise SamplingError("positive conditioning is empty")
+    return Guidance(jobs, float(cfg), bool(model.needs_time_ids),
+                    int(model.scheduler_config.get("num_train_timesteps", 1000)))
+
+
+def _batch(t, b: int):
+    if t.shape[0] == b:
+        return t
+    reps = -(-b // t.shape[0])
+    return t.repeat(reps, *([1] * (t.ndim - 1)))[:b]
+
+
+def _area(area, h: int, w: int):
+    """ConditioningSetArea's (height, width, y, x) in latent cells, clipped to the latent."""
+    if not area or len(area) < 4 or isinstance(area[0], str):
+        return None
+    ah, aw, y, x = (int(v) for v in area[:4])
+    y, x = max(0, min(y, h - 1)), max(0, min(x, w - 1))
+    ah, aw = max(1, min(ah, h - y)), max(1, min(aw, w - x))
+    if (ah, aw, y, x) == (h, w, 0, 0):
+        return None
+    return (ah, aw, y, x)
+
