@@ -3,6 +3,8 @@
 Every API route answers at `/x` and `/api/x`. The data folder holds input/, output/, temp/, user/ and
 the SQLite database, so a restarted server finds its queue, history and saved workflows again.
 SIGTERM/SIGINT stop it cleanly: the running prompt is interrupted and marked, pending ones stay queued.
+This module wires the parts together (`Server`) and runs them; the routes live in *_routes.py,
+files.py, userdata.py, logs.py and ws.py, each given the services it needs.
 """
 
 from __future__ import annotations
@@ -18,13 +20,20 @@ from pathlib import Path
 
 from aiohttp import web
 
+from . import openapi
+from .endpoints import Endpoint, register
+from .engine_service import EngineService
 from .files import Files
+from .job_routes import JobRoutes
 from .logs import LogBuffer
-from .queue import Worker
-from .routes import Routes
+from .prompt_routes import PromptRoutes
 from .security import is_loopback, make_middlewares
+from .services import OffLoopPrompts
 from .store import Store
+from .system_routes import SystemRoutes
 from .userdata import UserData
+from .views import status_payload
+from .worker import Worker
 from .ws import Hub
 
 log = logging.getLogger("genloom.server")
@@ -64,7 +73,8 @@ def frontend_static() -> Path | None:
 
 
 class Server:
-    """The state the routes work on: engine, store, websocket hub, worker and file areas."""
+    """The composition root: builds the engine, the prompt store and its services, the worker, the hub
+    and the file areas, and hands each group of routes only the services it works on."""
 
     def __init__(self, config: Config, engine=None):
         self.config = config
@@ -81,81 +91,45 @@ class Server:
         for problem in engine.registry.problems:
             log.warning("node pack %s: %s", problem.get("source"), problem.get("message", "").strip())
         self.engine = engine
-        self.folders = engine.folders
         self.store = Store(data / "genloom.db")
         if self.store.recovered:
             log.warning("marked %d prompt(s) failed that were running when the server last stopped",
                         len(self.store.recovered))
+        self.prompts = OffLoopPrompts(self.store)  # the queue, history and jobs services of the routes
         self.hub = Hub(self.status, {"supports_preview_metadata": False, "max_upload_size": config.max_upload})
         self.worker = Worker(engine, self.store, self.hub)
         self.files = Files(dirs, config.max_upload, config.max_pixels)
         self.userdata = UserData(data / "user")
         self.logs = LogBuffer(self.hub)
 
-    def status(self) -> dict:
-        return {"status": {"exec_info": {"queue_remaining": self.store.remaining()}}}
+    async def status(self) -> dict:
+        """The websocket `status` data, read through the queue service (off the loop)."""
+        return status_payload(await self.prompts.remaining())
 
-    def _with_folders(self, fn):
-        """Run `fn` with this server's folders current, so COMBO lists (models, inputs) are ours."""
-        from ..engine import context
+    def endpoints(self) -> list[Endpoint]:
+        engine = EngineService(self.engine, self.config.device)
+        return [*PromptRoutes(self.prompts, self.prompts, self.worker, self.hub, engine).endpoints(),
+                *JobRoutes(self.prompts, self.worker, self.hub).endpoints(),
+                *SystemRoutes(engine, self.files, self.hub.server_flags, self.config.argv).endpoints(),
+                *self.files.endpoints(), *self.hub.endpoints(), *self.userdata.endpoints(),
+                *self.logs.endpoints(), *openapi.endpoints()]
 
-        token = context.use(context.RunContext(device_choice=self.config.device, folders=self.folders))
-        try:
-            return fn()
-        finally:
-            context.reset(token)
-
-    def validate(self, prompt: dict, outputs: list[str] | None):
-        return self._with_folders(lambda: self.engine.validate(prompt, outputs=outputs))
-
-    def object_info(self, name: str | None = None) -> dict:
-        """Node definitions; a node whose option list cannot be computed is left out and logged, so
-        one broken pack never keeps the editor from starting."""
-        registry = self.engine.registry
-        names = list(registry.nodes) if name is None else [name] if name in registry else []
-        return self._with_folders(lambda: dict(filter(None, (self._entry(registry[n]) for n in names))))
-
-    @staticmethod
-    def _entry(schema):
-        try:
-            return schema.name, schema.object_info()
-        except Exception as exc:  # noqa: BLE001 - reported, the rest still listed
-            log.warning("node %s left out of /object_info: %s: %s", schema.name, type(exc).__name__, exc)
-            return None
-
-    def devices(self) -> list[dict]:
-        if self.config.device == "cpu":
-            return [_device("cpu", "cpu", None, 0, 0)]
-        try:
-            import torch
-        except ImportError:
-            return [_device("cpu", "cpu", None, 0, 0)]
-        if not torch.cuda.is_available():
-            return [_device("cpu", "cpu", None, 0, 0)]
-        out = []
-        for i in range(torch.cuda.device_count()):
-            free, total = torch.cuda.mem_get_info(i)
-            out.append(_device(f"cuda:{i} {torch.cuda.get_device_name(i)}", "cuda", i, total, free))
-        return out
-
-
-def _device(name, type_, index, total, free) -> dict:
-    return {"name": name, "type": type_, "index": index, "vram_total": total, "vram_free": free,
-            "torch_vram_total": total, "torch_vram_free": free}
+    def close(self) -> None:
+        """After the worker stopped: finish the store calls in flight, then close the database."""
+        self.prompts.close()
 
 
 def build_app(server: Server) -> web.Application:
     config = server.config
     app = web.Application(client_max_size=config.max_upload + MiB,
                           middlewares=make_middlewares(config.token, is_loopback(config.host)))
-    for method, path, handler in Routes(server).table() + server.userdata.routes() + server.logs.routes():
-        app.router.add_route(method, path, handler)
-        app.router.add_route(method, "/api" + path, handler)
+    register(app, server.endpoints())
     static = frontend_static() if config.editor else None
     if static is not None:
         index = static / "index.html"
 
         async def editor(request):
+            """The web editor (ComfyUI's frontend)."""
             return web.FileResponse(index, headers={"Cache-Control": "no-cache",
                                                     "Content-Security-Policy": EDITOR_CSP})
 
@@ -178,6 +152,7 @@ def build_app(server: Server) -> web.Application:
 
 
 async def _no_editor(request):
+    """Says how to install the web editor."""
     return web.Response(text="genloom server. The web editor is not installed: pip install 'genloom[editor]'\n")
 
 
@@ -208,7 +183,7 @@ async def serve(server: Server, ready=None, stop: asyncio.Event | None = None) -
                         config.shutdown_grace)
         await server.hub.close_all()
         await runner.cleanup()
-        server.store.close()
+        server.close()
 
 
 def parse_args(argv: list[str]) -> Config:

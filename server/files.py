@@ -1,7 +1,8 @@
 """Uploads into and downloads from the input/output/temp folders, never anywhere else.
 
 Every name and subfolder from a request goes through `safe_join`, links are refused, and an upload
-must decode as an image within the size and pixel limits before it is written.
+must decode as an image within the size and pixel limits before it is written. The form fields and
+/view's query are declared in schemas.py (UploadForm, ViewQuery).
 """
 
 from __future__ import annotations
@@ -16,17 +17,27 @@ from pathlib import Path
 from aiohttp import web
 
 from ..engine.folders import UnsafePath, safe_join
-from .security import BadRequest
+from .endpoints import Endpoint
+from .errors import BadRequest
+from .schemas import UploadForm, UploadResult, ViewQuery, parse, parse_query
 
 IMAGE_FORMATS = {"PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF"}
 _MAX_PARTS = 16
 _FORM_SLACK = 256 * 1024  # the other form fields and multipart framing
+_FORM_FIELDS = tuple(name for name in UploadForm.model_fields)
 
 
 class Files:
     def __init__(self, folders: dict[str, Path], max_upload: int, max_pixels: int):
         self.folders = folders  # "input" | "output" | "temp" -> folder
         self.max_upload, self.max_pixels = max_upload, max_pixels
+
+    def endpoints(self) -> list[Endpoint]:
+        return [
+            Endpoint("POST", "/upload/image", self.upload, form=UploadForm, response=UploadResult),
+            Endpoint("POST", "/upload/mask", self.upload_mask, form=UploadForm, response=UploadResult),
+            Endpoint("GET", "/view", self.view, query=ViewQuery),
+        ]
 
     def folder(self, kind: str | None, default: str = "output") -> Path:
         kind = kind or default
@@ -54,12 +65,13 @@ class Files:
     # --- /view ---
 
     async def view(self, request: web.Request) -> web.StreamResponse:
-        q = request.query
-        path = self.resolve(q.get("type"), q.get("subfolder", ""), q.get("filename", ""))
+        """A file of input/output/temp, optionally converted (preview=format;quality, channel)."""
+        q = parse_query(ViewQuery, request.query)
+        path = self.resolve(q.type, q.subfolder, q.filename)
         if not path.is_file():
-            raise web.HTTPNotFound(text=f"file not found: {q.get('filename')}")
-        preview, channel = q.get("preview"), q.get("channel")
-        if not preview and channel in (None, "", "rgba"):
+            raise web.HTTPNotFound(text=f"file not found: {q.filename}")
+        preview, channel = q.preview, q.channel
+        if not preview and channel in (None, "rgba"):
             ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
             return web.FileResponse(path, headers={"Content-Type": ctype, "Cache-Control": "no-cache"})
         body, ctype = await asyncio.get_running_loop().run_in_executor(None, _transform, path, preview, channel)
@@ -68,9 +80,11 @@ class Files:
     # --- /upload/image and /upload/mask ---
 
     async def upload_mask(self, request: web.Request) -> web.Response:
+        """Upload a mask: the original image (original_ref) with the mask's alpha, as PNG."""
         return await self.upload(request, mask=True)
 
     async def upload(self, request: web.Request, mask: bool = False) -> web.Response:
+        """Upload an image into input/ (or temp/, output/); an existing different file is kept."""
         if not request.content_type.startswith("multipart/"):
             raise BadRequest("upload as multipart/form-data with an 'image' field", "invalid_upload")
         if request.content_length is not None and request.content_length > self.max_upload + _FORM_SLACK:
@@ -84,7 +98,7 @@ class Files:
             if part.name == "image":
                 name = part.filename or ""
                 data = await _read_limited(part, self.max_upload)
-            elif part.name in ("overwrite", "subfolder", "type", "original_ref"):
+            elif part.name in _FORM_FIELDS:
                 fields[part.name] = (await _read_limited(part, 64 * 1024)).decode("utf-8", "replace")
             else:
                 await part.release()
@@ -92,21 +106,19 @@ class Files:
             raise BadRequest("no 'image' field in the upload", "invalid_upload")
         if not name or "/" in name or "\\" in name or name in (".", "..") or "\x00" in name:
             raise BadRequest(f"invalid file name {name!r}", "invalid_filename")
-        kind = fields.get("type") or "input"
-        subfolder = fields.get("subfolder", "")
-        overwrite = fields.get("overwrite", "").lower() in ("true", "1")
+        form = parse(UploadForm, fields)
         loop = asyncio.get_running_loop()
         image = await loop.run_in_executor(None, self._check_image, data)
         if mask:
-            data = await loop.run_in_executor(None, self._apply_mask, image, fields.get("original_ref"))
-        path = self.resolve(kind, subfolder, name, default="input")
+            data = await loop.run_in_executor(None, self._apply_mask, image, form.original_ref)
+        path = self.resolve(form.type, form.subfolder, name, default="input")
         path.parent.mkdir(parents=True, exist_ok=True)
-        path = _free_name(path, overwrite, data)
+        path = _free_name(path, form.overwrite, data)
         if not (path.exists() and path.read_bytes() == data):
             tmp = path.with_name(f".{path.name}.part")
             tmp.write_bytes(data)
             os.replace(tmp, path)
-        return web.json_response({"name": path.name, "subfolder": subfolder, "type": kind})
+        return web.json_response({"name": path.name, "subfolder": form.subfolder, "type": form.type})
 
     def _check_image(self, data: bytes):
         from PIL import Image, UnidentifiedImageError

@@ -12,7 +12,9 @@ import time
 
 from aiohttp import web
 
-from .security import BadRequest, read_json
+from .endpoints import Endpoint
+from .schemas import LogsSubscribeBody, parse
+from .security import read_json
 
 KEEP = 2000
 _SIZE = {"cols": None, "rows": None}
@@ -38,22 +40,23 @@ class LogBuffer(logging.Handler):
             for sid in list(self.subscribers):
                 self.hub.send_threadsafe(sid, "logs", {"entries": [entry], "size": _SIZE})
 
-    def routes(self) -> list[tuple[str, str, object]]:
-        return [("GET", "/internal/logs", self.get_text), ("GET", "/internal/logs/raw", self.get_raw),
-                ("PATCH", "/internal/logs/subscribe", self.subscribe)]
+    def endpoints(self) -> list[Endpoint]:
+        return [Endpoint("GET", "/internal/logs", self.get_text), Endpoint("GET", "/internal/logs/raw", self.get_raw),
+                Endpoint("PATCH", "/internal/logs/subscribe", self.subscribe, body=LogsSubscribeBody)]
 
     async def get_text(self, request):
+        """The recent log lines as one text."""
         return web.json_response("".join(e["m"] for e in self.entries))
 
     async def get_raw(self, request):
+        """The recent log lines as entries {t, m}."""
         return web.json_response({"entries": list(self.entries), "size": _SIZE})
 
     async def subscribe(self, request):
-        body = await read_json(request)
-        if not isinstance(body, dict) or not isinstance(body.get("clientId"), str):
-            raise BadRequest("expected {clientId, enabled}", "invalid_request")
-        if body.get("enabled"):
-            self.subscribers.add(body["clientId"])
+        """Start or stop sending new log lines to a websocket client."""
+        body = parse(LogsSubscribeBody, await read_json(request))
+        if body.enabled:
+            self.subscribers.add(body.clientId)
         else:
-            self.subscribers.discard(body["clientId"])
+            self.subscribers.discard(body.clientId)
         return web.Response(status=200)

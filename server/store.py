@@ -1,9 +1,10 @@
-"""The queue, history and jobs of a server, kept in SQLite so that a crash loses nothing.
+"""The SQLite implementation of `services.PromptStore`: the queue, history and jobs of a server on
+disk, so that a crash loses nothing.
 
-One row per prompt, whatever its state; the queue, /history and /api/jobs are views of the same
-table. Status values are the jobs API's: pending, in_progress, completed, failed, cancelled.
-A prompt found in_progress when the store opens was running when the server died: it is marked
-failed with a message saying so, never silently dropped.
+One row per prompt, whatever its state. A prompt found in_progress when the store opens was running
+when the server died: it is marked failed with a message saying so, never silently dropped. The
+schema is versioned (migrations.py). Arguments are checked with real errors (InvalidStoreCall), not
+asserts, so the contract holds under `python -O` too.
 """
 
 from __future__ import annotations
@@ -11,36 +12,11 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-FINISHED = ("completed", "failed", "cancelled")
-STATUSES = ("pending", "in_progress") + FINISHED
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS prompts (
-    id TEXT PRIMARY KEY,
-    number INTEGER NOT NULL,
-    client_id TEXT,
-    prompt TEXT NOT NULL,
-    extra_data TEXT NOT NULL,
-    outputs_to_execute TEXT NOT NULL,
-    status TEXT NOT NULL,
-    create_time INTEGER NOT NULL,
-    start_time INTEGER,
-    end_time INTEGER,
-    finish_seq INTEGER,
-    outputs TEXT NOT NULL DEFAULT '{}',
-    meta TEXT NOT NULL DEFAULT '{}',
-    messages TEXT NOT NULL DEFAULT '[]',
-    error TEXT
-);
-CREATE INDEX IF NOT EXISTS prompts_status ON prompts (status, number);
-CREATE INDEX IF NOT EXISTS prompts_finished ON prompts (finish_seq);
-CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-"""
+from .migrations import migrate
+from .services import (FINISHED, JOB_SORTS, STATUSES, DuplicatePromptId, InvalidStoreCall, PromptRecord,
+                       PromptStoreError, now_ms)
 
 
 def _dump(value) -> str:
@@ -51,44 +27,20 @@ def _dump(value) -> str:
 CRASHED_MESSAGE = "the server stopped while this prompt was running"
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-@dataclass
-class PromptRow:
-    id: str
-    number: int
-    client_id: str | None
-    prompt: dict
-    extra_data: dict
-    outputs_to_execute: list
-    status: str
-    create_time: int
-    start_time: int | None
-    end_time: int | None
-    outputs: dict
-    meta: dict
-    messages: list
-    error: dict | None
-
-    def queue_item(self) -> list:
-        """ComfyUI's queue/history tuple: [number, prompt_id, prompt, extra_data, outputs_to_execute]."""
-        return [self.number, self.id, self.prompt, self.extra_data, self.outputs_to_execute]
-
-
 _COLUMNS = ("id, number, client_id, prompt, extra_data, outputs_to_execute, status, create_time, "
             "start_time, end_time, outputs, meta, messages, error")
 
 
-def _row(r: tuple) -> PromptRow:
-    return PromptRow(r[0], r[1], r[2], json.loads(r[3]), json.loads(r[4]), json.loads(r[5]), r[6], r[7],
-                     r[8], r[9], json.loads(r[10]), json.loads(r[11]), json.loads(r[12]),
-                     json.loads(r[13]) if r[13] else None)
+def _row(r: tuple) -> PromptRecord:
+    return PromptRecord(r[0], r[1], r[2], json.loads(r[3]), json.loads(r[4]), json.loads(r[5]), r[6], r[7],
+                        r[8], r[9], json.loads(r[10]), json.loads(r[11]), json.loads(r[12]),
+                        json.loads(r[13]) if r[13] else None)
 
 
 class Store:
-    """Thread-safe: the HTTP loop and the worker thread share one connection behind a lock."""
+    """Thread-safe: the store thread of the routes (services.OffLoopPrompts) and the worker thread
+    share one connection (`check_same_thread=False`, autocommit, WAL) and take turns behind a lock;
+    every write is one `BEGIN IMMEDIATE` transaction."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -96,11 +48,15 @@ class Store:
         self._lockfile = _lock_exclusively(self.path.with_suffix(".lock"))
         self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
-        self.recovered = self._recover()
+        try:
+            with self._lock:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                migrate(self._db, str(self.path))
+            self.recovered = self._recover()
+        except BaseException:
+            self.close()
+            raise
 
     def close(self) -> None:
         with self._lock:
@@ -141,6 +97,9 @@ class Store:
     def add(self, prompt_id: str, client_id: str | None, prompt: dict, extra_data: dict,
             outputs_to_execute: list, front: bool = False) -> int:
         """Queue a prompt; returns its number. `front` puts it before every pending prompt."""
+        if not isinstance(prompt_id, str) or not prompt_id:
+            raise InvalidStoreCall(f"a prompt id is a non-empty string, not {prompt_id!r}")
+
         def insert(db):
             seq = self._next(db, "number")
             number = -seq if front else seq
@@ -149,12 +108,15 @@ class Store:
                        (prompt_id, number, client_id, _dump(prompt), _dump(extra_data),
                         _dump(outputs_to_execute), extra_data.get("create_time") or now_ms()))
             return number
-        return self._tx(insert)
+        try:
+            return self._tx(insert)
+        except sqlite3.IntegrityError:  # the primary key: the same id submitted twice at once
+            raise DuplicatePromptId(f"prompt_id {prompt_id!r} is already in use") from None
 
     def exists(self, prompt_id: str) -> bool:
         return bool(self._query("SELECT 1 FROM prompts WHERE id = ?", (prompt_id,)))
 
-    def claim_next(self) -> PromptRow | None:
+    def claim_next(self) -> PromptRecord | None:
         """Move the first pending prompt to in_progress and return it."""
         def claim(db):
             r = db.execute(f"SELECT {_COLUMNS} FROM prompts WHERE status = 'pending' "
@@ -173,7 +135,8 @@ class Store:
         self._tx(lambda db: self._finish(db, prompt_id, status, outputs, meta, messages, error))
 
     def _finish(self, db, prompt_id, status, outputs, meta, messages, error):
-        assert status in FINISHED, status
+        if status not in FINISHED:
+            raise InvalidStoreCall(f"a prompt finishes as one of {', '.join(FINISHED)}, not {status!r}")
         db.execute("UPDATE prompts SET status = ?, end_time = ?, finish_seq = ?, outputs = COALESCE(?, outputs),"
                    " meta = COALESCE(?, meta), messages = COALESCE(?, messages), error = ? WHERE id = ?",
                    (status, now_ms(), self._next(db, "finished"),
@@ -199,7 +162,7 @@ class Store:
         return self._tx(lambda db: sum(
             db.execute("DELETE FROM prompts WHERE status = 'pending' AND id = ?", (i,)).rowcount for i in ids))
 
-    def queue(self) -> tuple[list[PromptRow], list[PromptRow]]:
+    def queue(self) -> tuple[list[PromptRecord], list[PromptRecord]]:
         rows = [_row(r) for r in self._query(
             f"SELECT {_COLUMNS} FROM prompts WHERE status IN ('pending', 'in_progress') ORDER BY number")]
         return ([r for r in rows if r.status == "in_progress"], [r for r in rows if r.status == "pending"])
@@ -209,8 +172,9 @@ class Store:
 
     # --- history ---
 
-    def history(self, max_items: int | None = None, offset: int = -1) -> list[PromptRow]:
+    def history(self, max_items: int | None = None, offset: int = -1) -> list[PromptRecord]:
         """Finished prompts, oldest first. Without an offset, `max_items` takes the newest ones."""
+        _check_counts(max_items=max_items)
         total = self._query("SELECT COUNT(*) FROM prompts WHERE finish_seq IS NOT NULL")[0][0]
         if offset < 0:
             offset = max(0, total - max_items) if max_items is not None else 0
@@ -219,7 +183,7 @@ class Store:
             f"SELECT {_COLUMNS} FROM prompts WHERE finish_seq IS NOT NULL ORDER BY finish_seq "
             "LIMIT ? OFFSET ?", (limit, offset))]
 
-    def get(self, prompt_id: str) -> PromptRow | None:
+    def get(self, prompt_id: str) -> PromptRecord | None:
         rows = self._query(f"SELECT {_COLUMNS} FROM prompts WHERE id = ?", (prompt_id,))
         return _row(rows[0]) if rows else None
 
@@ -233,7 +197,13 @@ class Store:
     # --- jobs ---
 
     def jobs(self, statuses: list[str] | None, sort_by: str, descending: bool, limit: int | None,
-             offset: int) -> tuple[list[PromptRow], int]:
+             offset: int) -> tuple[list[PromptRecord], int]:
+        """By creation (ties in creation order) or by run time; `sort_by` is one of JOB_SORTS."""
+        unknown = [s for s in statuses or () if s not in STATUSES]
+        if unknown or sort_by not in JOB_SORTS:
+            raise InvalidStoreCall(f"jobs are filtered by {', '.join(STATUSES)} and sorted by "
+                                   f"{' or '.join(JOB_SORTS)}, not {unknown or sort_by!r}")
+        _check_counts(limit=limit, offset=offset)
         where, args = "", ()
         if statuses:
             where = f"WHERE status IN ({', '.join('?' * len(statuses))})"
@@ -242,12 +212,19 @@ class Store:
         key = ("(COALESCE(end_time, 0) - COALESCE(start_time, 0))" if sort_by == "execution_duration"
                else "create_time")
         order = "DESC" if descending else "ASC"
-        rows = self._query(f"SELECT {_COLUMNS} FROM prompts {where} ORDER BY {key} {order}, number {order} "
+        # ABS(number) is the submission order: a prompt queued in front has a negative number.
+        rows = self._query(f"SELECT {_COLUMNS} FROM prompts {where} ORDER BY {key} {order}, ABS(number) {order} "
                            "LIMIT ? OFFSET ?", args + (-1 if limit is None else limit, offset))
         return [_row(r) for r in rows], total
 
 
-class DataDirInUse(RuntimeError):
+def _check_counts(**counts: int | None) -> None:
+    for name, value in counts.items():
+        if value is not None and (not isinstance(value, int) or value < 0):
+            raise InvalidStoreCall(f"{name} is a count (an integer >= 0), not {value!r}")
+
+
+class DataDirInUse(PromptStoreError, RuntimeError):
     """Another server already works on this data folder."""
 
 
@@ -265,8 +242,3 @@ def _lock_exclusively(path: Path):
         raise DataDirInUse(f"{path.parent} is in use by another genloom server") from None
     return handle
 
-
-def status_messages(row: PromptRow) -> dict[str, Any]:
-    """ComfyUI's history `status` block."""
-    return {"status_str": "success" if row.status == "completed" else "error",
-            "completed": row.status == "completed", "messages": row.messages}

@@ -15,7 +15,10 @@ from urllib.parse import unquote
 from aiohttp import web
 
 from ..engine.folders import UnsafePath, safe_join
-from .security import BadRequest, read_json
+from .endpoints import Endpoint
+from .errors import BadRequest, Conflict
+from .schemas import SettingsBody, SettingValue, parse
+from .security import read_json
 
 USER = "default"
 SETTINGS_FILE = "comfy.settings.json"
@@ -28,20 +31,20 @@ class UserData:
             (self.root / folder).mkdir(parents=True, exist_ok=True)
         self._settings_lock = threading.Lock()
 
-    def routes(self) -> list[tuple[str, str, object]]:
+    def endpoints(self) -> list[Endpoint]:
         return [
-            ("GET", "/users", self.get_users),
-            ("POST", "/users", self.post_users),
-            ("GET", "/settings", self.get_settings),
-            ("POST", "/settings", self.post_settings),
-            ("GET", "/settings/{id}", self.get_setting),
-            ("POST", "/settings/{id}", self.post_setting),
-            ("GET", "/userdata", self.list_files),
-            ("GET", "/v2/userdata", self.list_v2),
-            ("GET", "/userdata/{file}", self.get_file),
-            ("POST", "/userdata/{file}", self.post_file),
-            ("DELETE", "/userdata/{file}", self.delete_file),
-            ("POST", "/userdata/{file}/move/{dest}", self.move_file),
+            Endpoint("GET", "/users", self.get_users),
+            Endpoint("POST", "/users", self.post_users),
+            Endpoint("GET", "/settings", self.get_settings, response=SettingsBody),
+            Endpoint("POST", "/settings", self.post_settings, body=SettingsBody),
+            Endpoint("GET", "/settings/{id}", self.get_setting, response=SettingValue),
+            Endpoint("POST", "/settings/{id}", self.post_setting, body=SettingValue),
+            Endpoint("GET", "/userdata", self.list_files),
+            Endpoint("GET", "/v2/userdata", self.list_v2),
+            Endpoint("GET", "/userdata/{file}", self.get_file),
+            Endpoint("POST", "/userdata/{file}", self.post_file, raw_body="application/octet-stream"),
+            Endpoint("DELETE", "/userdata/{file}", self.delete_file, ok=204),
+            Endpoint("POST", "/userdata/{file}/move/{dest}", self.move_file),
         ]
 
     def path(self, rel: str) -> Path:
@@ -56,9 +59,11 @@ class UserData:
     # --- users ---
 
     async def get_users(self, request):
+        """Single-user storage: {"storage": "server", "migrated": true}."""
         return web.json_response({"storage": "server", "migrated": True})
 
     async def post_users(self, request):
+        """Refused: genloom serves one user, "default"."""
         raise BadRequest("genloom serves a single user; there are no users to create", "single_user")
 
     # --- settings ---
@@ -80,19 +85,20 @@ class UserData:
             _atomic_write(self._settings_path(), json.dumps(settings, indent=2).encode())
 
     async def get_settings(self, request):
+        """Every setting the editor stored."""
         return web.json_response(self.load_settings())
 
     async def get_setting(self, request):
+        """One setting's value (null when unset)."""
         return web.json_response(self.load_settings().get(request.match_info["id"]))
 
     async def post_settings(self, request):
-        body = await read_json(request)
-        if not isinstance(body, dict):
-            raise BadRequest("settings must be a JSON object {id: value}", "invalid_settings")
-        self._update_settings(body)
+        """Change several settings: {id: value}."""
+        self._update_settings(parse(SettingsBody, await read_json(request)).root)
         return web.Response(status=200)
 
     async def post_setting(self, request):
+        """Change one setting; the body is its new value."""
         self._update_settings({request.match_info["id"]: await read_json(request)})
         return web.Response(status=200)
 
@@ -103,6 +109,7 @@ class UserData:
         return {"path": path.relative_to(base).as_posix(), "size": st.st_size, "modified": st.st_mtime}
 
     async def list_files(self, request):
+        """The files under ?dir= (recurse, full_info and split as the editor asks)."""
         q = request.query
         if not q.get("dir"):
             raise BadRequest("the 'dir' query parameter is required", "invalid_path")
@@ -120,6 +127,7 @@ class UserData:
         return web.json_response(rel)
 
     async def list_v2(self, request):
+        """The entries of ?path= (files and folders)."""
         rel = request.query.get("path", "")
         base = self.path(rel) if rel.strip("/") else self.root
         if not base.is_dir():
@@ -137,16 +145,18 @@ class UserData:
         return web.json_response(out)
 
     async def get_file(self, request):
+        """A user file (the path URL-encoded: workflows%2Fa.json)."""
         path = self.path(request.match_info["file"])
         if not path.is_file():
             raise web.HTTPNotFound(text="file not found")
         return web.FileResponse(path)
 
     async def post_file(self, request):
+        """Write a user file (409 when it exists and ?overwrite=false)."""
         path = self.path(request.match_info["file"])
         overwrite = request.query.get("overwrite", "true").lower() != "false"
         if path.exists() and not overwrite:
-            return web.json_response({"error": {"type": "exists", "message": "file exists"}}, status=409)
+            raise Conflict("file exists")
         body = await request.read()
         path.parent.mkdir(parents=True, exist_ok=True)
         _atomic_write(path, body)
@@ -158,6 +168,7 @@ class UserData:
         return web.json_response(path.relative_to(self.root).as_posix())
 
     async def delete_file(self, request):
+        """Delete a user file."""
         path = self.path(request.match_info["file"])
         if not path.is_file():
             raise web.HTTPNotFound(text="file not found")
@@ -165,13 +176,14 @@ class UserData:
         return web.Response(status=204)
 
     async def move_file(self, request):
+        """Move a user file (409 when the destination exists and ?overwrite=false)."""
         source = self.path(request.match_info["file"])
         dest = self.path(request.match_info["dest"])
         if not source.is_file():
             raise web.HTTPNotFound(text="file not found")
         overwrite = request.query.get("overwrite", "true").lower() != "false"
         if dest.exists() and not overwrite:
-            return web.json_response({"error": {"type": "exists", "message": "destination exists"}}, status=409)
+            raise Conflict("destination exists")
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.replace(source, dest)
         return self._written(request, dest)

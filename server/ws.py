@@ -2,7 +2,8 @@
 
 Every connection has its own outgoing queue drained by one task, so messages reach a client in the
 order they were produced, and the worker thread only ever does a non-blocking `put_nowait` through
-`call_soon_threadsafe`.
+`call_soon_threadsafe`. The queue status comes from an async callable (the queue service), so
+greeting a client or broadcasting a change never waits on storage on the event loop.
 """
 
 from __future__ import annotations
@@ -13,7 +14,11 @@ import logging
 import struct
 import uuid
 
+from typing import Awaitable, Callable
+
 from aiohttp import WSMsgType, web
+
+from .endpoints import Endpoint
 
 log = logging.getLogger("genloom.server")
 
@@ -55,9 +60,9 @@ class Client:
 class Hub:
     """Connected clients by sid (the clientId they connected with, or a fresh one)."""
 
-    def __init__(self, status_fn, server_flags: dict):
+    def __init__(self, status: Callable[[], Awaitable[dict]], server_flags: dict):
         self.clients: dict[str, Client] = {}
-        self._status_fn = status_fn  # () -> status event data
+        self._status = status  # async () -> status event data
         self.server_flags = server_flags
         self.loop: asyncio.AbstractEventLoop | None = None
 
@@ -82,8 +87,8 @@ class Hub:
         """Whether anyone would receive a prompt's events (saves encoding previews for no one)."""
         return bool(self.clients) if not sid else sid in self.clients
 
-    def broadcast_status(self) -> None:
-        self._put(None, json.dumps({"type": "status", "data": self._status_fn()}))
+    async def broadcast_status(self) -> None:
+        self.send(None, "status", await self._status())
 
     # Called from any thread.
     def send_threadsafe(self, sid, event, data) -> None:
@@ -92,8 +97,8 @@ class Hub:
     def send_bytes_threadsafe(self, sid, frame: bytes) -> None:
         self.loop.call_soon_threadsafe(self.send_bytes, sid, frame)
 
-    def broadcast_status_threadsafe(self) -> None:
-        self.loop.call_soon_threadsafe(self.broadcast_status)
+    def endpoints(self) -> list[Endpoint]:
+        return [Endpoint("GET", "/ws", self.handle, ok=101)]
 
     async def close_all(self) -> None:
         for client in list(self.clients.values()):
@@ -101,19 +106,20 @@ class Hub:
             await client.ws.close(code=1001, message=b"server shutting down")
 
     async def handle(self, request: web.Request) -> web.WebSocketResponse:
+        """The event websocket: ?clientId=ID receives that client's prompts' events and every status."""
         ws = web.WebSocketResponse(heartbeat=30, max_msg_size=1 << 20)
         await ws.prepare(request)
         sid = request.query.get("clientId") or ""
         if not sid or len(sid) > MAX_CLIENT_ID:
             sid = uuid.uuid4().hex
+        status = await self._status()  # before registering, so the greeting is the first message
         old = self.clients.pop(sid, None)
         if old is not None:  # the same client reconnecting: the newer socket wins
             old.outbox.put_nowait(None)
         client = Client(sid, ws)
         self.clients[sid] = client
+        client.outbox.put_nowait(json.dumps({"type": "status", "data": {**status, "sid": sid}}))
         try:
-            status = self._status_fn()
-            client.outbox.put_nowait(json.dumps({"type": "status", "data": {**status, "sid": sid}}))
             async for msg in ws:
                 if msg.type == WSMsgType.TEXT:
                     self._on_text(client, msg.data)

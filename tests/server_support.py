@@ -217,6 +217,20 @@ def events_of(messages, prompt_id) -> list[str]:
             and m["data"].get("prompt_id") == prompt_id]
 
 
+def module_server(name: str, **config):
+    """A module-scoped `srv` fixture: one in-process server with the test nodes for a test module."""
+    import pytest
+
+    @pytest.fixture(scope="module")
+    def srv(tmp_path_factory):
+        base = tmp_path_factory.mktemp(name)
+        server = InProcessServer(base / "data", write_plugins(base / "plugins"), **config)
+        yield server
+        server.stop()
+
+    return srv
+
+
 class InProcessServer:
     """A real server on a free loopback port, served by a thread of this process."""
 

@@ -8,18 +8,12 @@ import struct
 import time
 import uuid
 
-import pytest
 from PIL import Image
 
-from server_support import InProcessServer, events_of, prompt, write_plugins
+from server_support import events_of, module_server, prompt
 
 
-@pytest.fixture(scope="module")
-def srv(tmp_path_factory):
-    base = tmp_path_factory.mktemp("server")
-    server = InProcessServer(base / "data", write_plugins(base / "plugins"))
-    yield server
-    server.stop()
+srv = module_server("server")
 
 
 def _cid():

@@ -6,11 +6,10 @@ from __future__ import annotations
 import io
 import os
 
-import pytest
 from PIL import Image
 
 from genloom.server.app import main
-from server_support import Http, InProcessServer, multipart, write_plugins
+from server_support import Http, InProcessServer, module_server, multipart, write_plugins
 
 
 def _png(size=(4, 4), colour=(255, 0, 0, 255)) -> bytes:
@@ -19,13 +18,7 @@ def _png(size=(4, 4), colour=(255, 0, 0, 255)) -> bytes:
     return buf.getvalue()
 
 
-@pytest.fixture(scope="module")
-def srv(tmp_path_factory):
-    base = tmp_path_factory.mktemp("secure")
-    server = InProcessServer(base / "data", write_plugins(base / "plugins"), max_upload=200_000,
-                             max_pixels=512 * 512)
-    yield server
-    server.stop()
+srv = module_server("secure", max_upload=200_000, max_pixels=512 * 512)
 
 
 def _upload(srv, name, data, path="/upload/image", **fields):

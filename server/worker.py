@@ -2,7 +2,9 @@
 
 Nodes block (torch, file I/O), so the engine runs on its own thread; its events hop to the aiohttp
 loop through the hub. What a prompt did (status messages, UI outputs) is recorded as it happens, so
-history holds the outputs of the nodes that ran even when a later node failed.
+history holds the outputs of the nodes that ran even when a later node failed. The worker calls the
+prompt store directly (it is off the event loop already) and computes the queue status it
+broadcasts here, so a status message keeps its place among the prompt's events.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ import logging
 import threading
 import traceback
 
-from .store import Store, now_ms
+from ..engine.errors import ExecutionError, Interrupted, WorkflowError
+from .services import PromptStore, now_ms
+from .views import status_payload
 from .ws import Hub, preview_frame
 
 log = logging.getLogger("genloom.server")
@@ -101,7 +105,10 @@ class _Recorder:
 
 
 class Worker:
-    def __init__(self, engine, store: Store, hub: Hub):
+    """Claims prompts from the store one at a time and runs them; `wake` and `interrupt` are what the
+    routes call (services.Runner), both return at once."""
+
+    def __init__(self, engine, store: PromptStore, hub: Hub):
         self.engine, self.store, self.hub = engine, store, hub
         self.running_id: str | None = None
         self._interrupted_id: str | None = None
@@ -165,12 +172,13 @@ class Worker:
             finally:
                 with self._lock:
                     self.running_id = None
-                self.hub.broadcast_status_threadsafe()
+                self._broadcast_status()
+
+    def _broadcast_status(self) -> None:
+        self.hub.send_threadsafe(None, "status", status_payload(self.store.remaining()))
 
     def _run(self, row) -> None:
-        from ..engine.api import ExecutionError, Interrupted, WorkflowError
-
-        self.hub.broadcast_status_threadsafe()
+        self._broadcast_status()
         rec = _Recorder(self.hub, row.client_id, row.id, on_start=self._on_start)
         status, error = "completed", None
         try:
