@@ -23,7 +23,7 @@ CHROMIUM = next((p for p in (shutil.which("chromium"), shutil.which("chromium-br
                  if p and os.path.exists(p)), None)
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed "
                                                           "(run tools/install_browser.sh)")
-SHOT_DIR = Path(os.environ.get("GENLOOM_SCREENSHOTS", Path(__file__).resolve().parent.parent / "build" / "screens"))
+SHOT_DIR = Path(os.environ.get("GENLOOM_SCREENSHOTS", Path(__file__).resolve().parents[2] / "build" / "screens"))
 
 
 @pytest.fixture()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import aiohttp
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 # A plugin pack: loaded through --plugins-dir like any user's pack.
 TEST_NODES = '''
