@@ -88,12 +88,13 @@ class NeuralStyleTransfer(Node):
         return NodeOutput(out, ui={"text": [f"features: {net.description}"]})
 
 
-class ColorTransfer(Node):
+class GenloomColorTransfer(Node):
     """Gives images the colours of a reference: Reinhard mean/std matching in Lab, or per-channel
-    histogram matching. Reference image i serves image i (cycling)."""
+    histogram matching by quantiles. Reference image i serves image i (cycling). genloom's own node;
+    ComfyUI's ColorTransfer (image_target, image_ref, ...) is `ColorTransfer`."""
 
     category = "image/style"
-    display_name = "Color Transfer"
+    display_name = "Color Transfer (genloom)"
     inputs = [
         Input("image", "IMAGE"),
         Input("reference", "IMAGE"),
@@ -110,4 +111,30 @@ class ColorTransfer(Node):
         return (transfer_colours(image, reference, method, strength),)
 
 
-NODES = [FastStyleModelLoader, FastStyleTransfer, NeuralStyleTransfer, ColorTransfer]
+class ColorTransfer(Node):
+    """Match the colors of one image to another using various algorithms."""
+
+    category = "image/postprocessing"
+    description = "Match the colors of one image to another using various algorithms."
+    inputs = [
+        Input("image_target", "IMAGE", tooltip="Image(s) to apply the color transform to."),
+        Input("image_ref", "IMAGE", optional=True,
+              tooltip="Reference image(s) to match colors to. If not provided, processing is skipped"),
+        Combo("method", ["reinhard_lab", "mkl_lab", "histogram"]),
+        Combo("source_stats", ["per_frame", "uniform", "target_frame"],
+              tooltip="per_frame: each frame matched to image_ref individually. uniform: pool stats across "
+                      "all source frames as baseline, match to image_ref. target_frame: use one chosen frame "
+                      "as the baseline for the transform to image_ref, applied uniformly to all frames"),
+        Float("strength", 1.0, min=0.0, max=10.0, step=0.01),
+        Int("target_index", 0, min=0, max=10000, optional=True,
+            tooltip="Frame index used as the source baseline when source_stats is target_frame"),
+    ]
+    outputs = [Out("IMAGE", "image")]
+
+    def run(self, image_target, method, source_stats, strength, image_ref=None, target_index=0):
+        from genloom.diffusion.styling.color_match import color_transfer
+
+        return (color_transfer(image_target, image_ref, method, source_stats, target_index, strength),)
+
+
+NODES = [FastStyleModelLoader, FastStyleTransfer, NeuralStyleTransfer, GenloomColorTransfer, ColorTransfer]

@@ -13,7 +13,8 @@ from genloom.diffusion.styling.color import lab_to_srgb, srgb_to_lab
 from genloom.diffusion.styling.transformer_net import build_transformer_net, stylise
 from genloom.engine import context
 from genloom.engine.folders import Folders
-from genloom.nodes.style_transfer import ColorTransfer, FastStyleModelLoader, FastStyleTransfer, NeuralStyleTransfer
+from genloom.nodes.style_transfer import FastStyleModelLoader, FastStyleTransfer, NeuralStyleTransfer
+from genloom.nodes.style_transfer import GenloomColorTransfer as ColorTransfer
 
 torch.set_num_threads(2)
 PICKLE_MARK = Path(os.environ.get("TMPDIR", "/tmp")) / "genloom-style-pickle-ran"
