@@ -65,10 +65,13 @@ def Boolean(name: str, default: bool = False, *, tooltip: str = "", optional: bo
 
 
 def Combo(name: str, options: list | Callable[[], list], default: Any = None, *, tooltip: str = "",
-          optional: bool = False, lazy: bool = False, **extra) -> InputSpec:
-    """A choice among `options` (a list, or a callable listing them at validation/export time)."""
+          optional: bool = False, lazy: bool = False, check: Callable[[Any], str | None] | None = None,
+          **extra) -> InputSpec:
+    """A choice among `options` (a list, or a callable listing them at validation/export time).
+    `check(value)` looks deeper at a listed value during validation and returns why it cannot be used,
+    or None (a loader reading a model file's header)."""
     return _spec(name, "COMBO", default, optional, options=options, tooltip=tooltip, lazy=lazy,
-                 **extra)
+                 check=check, **extra)
 
 
 def Input(name: str, type: str, *, tooltip: str = "", optional: bool = False, lazy: bool = False,

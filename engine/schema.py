@@ -33,6 +33,8 @@ class InputSpec:
     force_input: bool = False
     multiline: bool = False
     options: list | Callable[[], list] | None = None  # COMBO values, or a callable listing them now
+    # A COMBO's deeper check of a listed value (a model file the loader cannot load): None or why.
+    check: Callable[[Any], str | None] | None = None
     extra: dict = field(default_factory=dict)  # other option keys, exported as they are
 
     @property

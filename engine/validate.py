@@ -8,6 +8,7 @@ execution.
 
 from __future__ import annotations
 
+import math
 import traceback
 from dataclasses import dataclass, field
 from typing import Any
@@ -161,6 +162,12 @@ class NodeCheck:
                         "invalid_input_type", f"Failed to convert an input value to a {kind} value", spec,
                         f"{name}, {value!r}, {exc}", received_value=value, exception_message=str(exc)))
                     continue
+            if kind == "FLOAT" and not math.isfinite(value):  # NaN would run and poison every later JSON
+                errors.append(_input_error(
+                    "invalid_input_type", "Failed to convert an input value to a FLOAT value", spec,
+                    f"{name}, {value!r}, a FLOAT input must be a finite number", received_value=None,
+                    exception_message=f"{value!r} is not a finite number"))
+                continue
             if not all_custom and name not in takes_over:
                 if kind == "INT" or kind == "FLOAT":
                     if spec.min is not None and value < spec.min:
@@ -185,6 +192,13 @@ class NodeCheck:
                             "value_not_in_list", "Value not in list", spec, f"{name}: {value!r} not in {shown}",
                             received_value=value))
                         continue
+                    if spec.check is not None:
+                        problem = _deeper_check(spec, value)
+                        if problem:
+                            errors.append(_input_error(
+                                "custom_validation_failed", "Custom validation failed for node", spec,
+                                f"{name}: {problem}", received_value=value))
+                            continue
             inputs[name] = value
         if custom is not None:
             error = self._custom(schema, inputs, raw, received_types)
@@ -219,6 +233,13 @@ class NodeCheck:
             details = f"{details} - {result}"
         return _err("custom_validation_failed", "Custom validation failed for node", details,
                     input_name=", ".join(args))
+
+
+def _deeper_check(spec: InputSpec, value) -> str | None:
+    try:
+        return spec.check(value)
+    except Exception as exc:  # noqa: BLE001 - a node's own check: report, never crash validation
+        return f"{type(exc).__name__}: {exc}"
 
 
 def _schemas(graph: dict, registry) -> tuple[dict[str, NodeSchema], dict | None]:

@@ -25,6 +25,17 @@ def _resolve(input_name: str, kind: str, name: str):
         raise NodeInputError(input_name, f"no {kind} model named {name!r}") from None
 
 
+def _checkpoint_problem(name) -> str | None:
+    """Validation's look inside a listed checkpoint: what the loader would refuse, said before the run."""
+    from genloom.diffusion.models.single_file import checkpoint_problem
+
+    try:
+        path = context.current().folders.model_path("checkpoints", str(name))
+    except (OSError, ValueError):
+        return None  # not there: the COMBO check already said so
+    return checkpoint_problem(path)
+
+
 def model_stamp(kind: str, name: str) -> str:
     """A loader's fingerprint: changes whenever the model's file does."""
     return context.current().folders.model_stamp(kind, name)
@@ -58,7 +69,8 @@ class CheckpointLoaderSimple(Node):
 
     category = "loaders"
     display_name = "Load Checkpoint"
-    inputs = [Combo("ckpt_name", model_names("checkpoints"), tooltip="The checkpoint file to load.")]
+    inputs = [Combo("ckpt_name", model_names("checkpoints"), tooltip="The checkpoint file to load.",
+                    check=_checkpoint_problem)]
     outputs = [Out("MODEL", tooltip="The model that denoises latents."),
                Out("CLIP", tooltip="The text encoder that turns prompts into conditioning."),
                Out("VAE", tooltip="The autoencoder between images and latents.")]

@@ -21,7 +21,7 @@ from genloom.diffusion.errors import CheckpointError
 
 from . import keymaps
 from .loading import CONFIGS, TOKENIZER_FILES, Bundle, handles_from_components, kind_of, make_tokenizer
-from .weights import read_state_dict
+from .weights import read_header, read_state_dict
 
 TEXT_PARTS = ("text_encoder", "text_encoder_2")
 
@@ -38,6 +38,32 @@ def detect_kind(state: dict) -> str:
         raise CheckpointError("this checkpoint has a diffusion model but no known text encoder "
                               "(SD1/SD2/SDXL); only those architectures load from a single file")
     raise CheckpointError("not a Stable Diffusion checkpoint (no model.diffusion_model.* weights)")
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why CheckpointLoaderSimple could not use this single file, judged from its header; None when
+    it can (or when only loading can tell: pickled .ckpt files are not opened at validation)."""
+    if Path(path).suffix.lower() != ".safetensors":
+        return None
+    try:
+        shapes, meta = read_header(path)
+    except CheckpointError as exc:
+        return str(exc)
+    if "genloom.configs" in meta:
+        return None
+    conv_in = shapes.get("model.diffusion_model.input_blocks.0.0.weight")
+    if conv_in is not None and len(conv_in) == 4 and conv_in[1] != 4:
+        return (f"an inpainting checkpoint ({conv_in[1]}-channel UNet input): genloom cannot sample "
+                "with inpainting models yet; use a regular checkpoint")
+    embedders = {k.split(".")[2] for k in shapes if k.startswith("conditioner.embedders.")}
+    if embedders == {"0"} and any(k.startswith("conditioner.embedders.0.model.") for k in shapes):
+        return ("an SDXL refiner checkpoint (CLIP-G text encoder only): genloom cannot load refiners "
+                "yet; use an SDXL base checkpoint")
+    try:
+        detect_kind(shapes)
+    except CheckpointError as exc:
+        return str(exc)
+    return None
 
 
 def shipped_configs(kind: str) -> dict:

@@ -51,3 +51,23 @@ def read_weights(path: Path) -> dict:
         return read_state_dict(path)[0]
     except OSError as exc:
         raise CheckpointError(f"{Path(path).name}: {exc}") from exc
+
+
+def read_header(path: Path) -> tuple[dict[str, list[int]], dict]:
+    """(tensor name -> shape, metadata) of a .safetensors file from its JSON header alone: no tensor
+    is read and torch is not imported, so validation can look inside model files cheaply."""
+    import json
+    import struct
+
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            (size,) = struct.unpack("<Q", fh.read(8))
+            if size > 100 * 2**20:
+                raise CheckpointError(f"{path.name}: a safetensors header of {size} bytes is not plausible")
+            header = json.loads(fh.read(size))
+    except (OSError, struct.error, ValueError) as exc:
+        raise CheckpointError(f"{path.name} is not a readable .safetensors file ({exc})") from exc
+    meta = header.pop("__metadata__", None) or {}
+    return {name: list(entry.get("shape", [])) for name, entry in header.items()}, meta
+
