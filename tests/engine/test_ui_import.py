@@ -354,3 +354,74 @@ def test_boolean_seed_controls_and_missing_widget_values_follow_the_editor(regis
                                   "scheduler": "normal", "denoise": 1.0}
     assert api["9"]["inputs"] == {"filename_prefix": "genloom"}
     assert api["1"]["inputs"] == {"ckpt_name": "tiny.safetensors"}  # a COMBO's first option
+
+
+def test_golden_editor_file_of_the_current_frontend():
+    """A file shaped as ComfyUI's editor (frontend 1.x) saves it — every widget also listed among the
+    inputs with a `widget` entry, widgets converted to inputs fed by primitives, both kinds of seed
+    control, a node saved without widgets_values, a bypassed and a muted node, a note — converts to
+    exactly the API graph written out here, which validates and runs on the shipped model."""
+    from genloom import Engine
+    from genloom.runtime import build_registry
+
+    builtins = build_registry(entry_points_too=False)
+
+    def w(name, type_, link=None):  # a widget input as the current editor lists it
+        return inp(name, type_, link, widget=name)
+
+    wf = {"version": 0.4, "last_node_id": 50, "last_link_id": 20, "groups": [], "config": {}, "extra": {},
+          "nodes": [
+              node(4, "CheckpointLoaderSimple", [w("ckpt_name", "COMBO")],
+                   [out("MODEL", "MODEL", [1, 12], 0), out("CLIP", "CLIP", [3, 5], 1), out("VAE", "VAE", [8], 2)],
+                   widgets=["genloom-tiny.safetensors"]),
+              node(6, "CLIPTextEncode", [inp("clip", "CLIP", 3), w("text", "STRING")],
+                   [out("CONDITIONING", "CONDITIONING", [4, 13])], widgets=["a red circle on a blue background"]),
+              node(7, "CLIPTextEncode", [inp("clip", "CLIP", 5), w("text", "STRING", 16)],
+                   [out("CONDITIONING", "CONDITIONING", [6, 14])], widgets=["stale text the primitive overrides"]),
+              node(5, "EmptyLatentImage", [w("width", "INT", 17), w("height", "INT"), w("batch_size", "INT")],
+                   [out("LATENT", "LATENT", [2])], widgets=[512, 64, 1]),
+              node(3, "KSampler", [inp("model", "MODEL", 1), inp("positive", "CONDITIONING", 4),
+                                   inp("negative", "CONDITIONING", 6), inp("latent_image", "LATENT", 2),
+                                   w("seed", "INT"), w("steps", "INT"), w("cfg", "FLOAT")],
+                   [out("LATENT", "LATENT", [9])], widgets=[42, "randomize", 4, 3.5, "euler", "normal", 1.0]),
+              node(11, "LatentUpscaleBy", [inp("samples", "LATENT", 9)], [out("LATENT", "LATENT", [10])],
+                   widgets=["nearest-exact", 1.5], mode=4),
+              node(10, "KSamplerAdvanced", [inp("model", "MODEL", 12), inp("positive", "CONDITIONING", 13),
+                                            inp("negative", "CONDITIONING", 14), inp("latent_image", "LATENT", 10)],
+                   [out("LATENT", "LATENT", [7])],
+                   widgets=["enable", 7, True, 4, 3.5, "euler", "normal", 2, 10000, "disable"]),
+              node(8, "VAEDecode", [inp("samples", "LATENT", 7), inp("vae", "VAE", 8)],
+                   [out("IMAGE", "IMAGE", [11, 15])]),
+              node(9, "SaveImage", [inp("images", "IMAGE", 11)], []),
+              node(12, "PreviewImage", [inp("images", "IMAGE", 15)], [], widgets=[], mode=2),
+              node(20, "PrimitiveNode", [], [out("STRING", "STRING", [16])], widgets=["blurry"]),
+              node(21, "PrimitiveNode", [], [out("INT", "INT", [17])], widgets=[64, "fixed"]),
+              node(50, "Note", [], [], widgets=["two samplers, the second refines"]),
+          ],
+          "links": [[1, 4, 0, 3, 0, "MODEL"], [2, 5, 0, 3, 3, "LATENT"], [3, 4, 1, 6, 0, "CLIP"],
+                    [4, 6, 0, 3, 1, "CONDITIONING"], [5, 4, 1, 7, 0, "CLIP"], [6, 7, 0, 3, 2, "CONDITIONING"],
+                    [7, 10, 0, 8, 0, "LATENT"], [8, 4, 2, 8, 1, "VAE"], [9, 3, 0, 11, 0, "LATENT"],
+                    [10, 11, 0, 10, 3, "LATENT"], [11, 8, 0, 9, 0, "IMAGE"], [12, 4, 0, 10, 0, "MODEL"],
+                    [13, 6, 0, 10, 1, "CONDITIONING"], [14, 7, 0, 10, 2, "CONDITIONING"], [15, 8, 0, 12, 0, "IMAGE"],
+                    [16, 20, 0, 7, 1, "STRING"], [17, 21, 0, 5, 0, "INT"]]}
+    api = ui_to_api(wf, builtins)
+    golden = {
+        "4": {"ckpt_name": "genloom-tiny.safetensors"},
+        "6": {"text": "a red circle on a blue background", "clip": ["4", 1]},
+        "7": {"text": "blurry", "clip": ["4", 1]},
+        "5": {"width": 64, "height": 64, "batch_size": 1},
+        "3": {"seed": 42, "steps": 4, "cfg": 3.5, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0,
+              "model": ["4", 0], "positive": ["6", 0], "negative": ["7", 0], "latent_image": ["5", 0]},
+        "10": {"add_noise": "enable", "noise_seed": 7, "steps": 4, "cfg": 3.5, "sampler_name": "euler",
+               "scheduler": "normal", "start_at_step": 2, "end_at_step": 10000, "return_with_leftover_noise": "disable",
+               "model": ["4", 0], "positive": ["6", 0], "negative": ["7", 0], "latent_image": ["3", 0]},
+        "8": {"samples": ["10", 0], "vae": ["4", 2]},
+        "9": {"filename_prefix": "ComfyUI", "images": ["8", 0]},
+    }
+    assert {k: v["inputs"] for k, v in api.items()} == golden
+    assert list(api) == ["4", "6", "7", "5", "3", "10", "8", "9"]  # the editor's order; editor-only nodes gone
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        result = Engine(output_dir=folder, device="cpu").run(wf)
+        assert result.outputs["9"]["images"][0]["filename"].startswith("ComfyUI_")
