@@ -70,13 +70,21 @@ def _is_control_value(value) -> bool:
 
 
 def widget_default(spec: InputSpec):
-    """What the editor shows in a fresh widget: the declared default, else a COMBO's first option."""
+    """What the editor shows in a fresh widget: the declared default, else a COMBO's first option, else
+    0 (within min..max), "" or false."""
     if spec.default is not None:
         return spec.default
     if spec.type == "COMBO":
         options = spec.combo_options()
         return options[0] if options else _NOTHING
-    return _NOTHING
+    if spec.type in ("INT", "FLOAT"):
+        zero = 0 if spec.type == "INT" else 0.0
+        if spec.min is not None and zero < spec.min:
+            return spec.min
+        if spec.max is not None and zero > spec.max:
+            return spec.max
+        return zero
+    return {"STRING": "", "BOOLEAN": False}.get(spec.type, _NOTHING)
 
 
 class _Scope:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from genloom.engine.node import Combo, Float, Hidden, Input, Int, Node, Out, Seed, String
+from genloom.engine.node import Boolean, Combo, Float, Hidden, Input, Int, Node, Out, Seed, String
 from genloom.engine.registry import Registry
 from genloom.engine.ui_import import UIImportError, ui_to_api
 from genloom.engine.validate import validate
@@ -354,6 +354,21 @@ def test_boolean_seed_controls_and_missing_widget_values_follow_the_editor(regis
                                   "scheduler": "normal", "denoise": 1.0}
     assert api["9"]["inputs"] == {"filename_prefix": "genloom"}
     assert api["1"]["inputs"] == {"ckpt_name": "tiny.safetensors"}  # a COMBO's first option
+
+
+def test_widgets_without_a_declared_default_start_as_the_editor_starts_them():
+    class Bare(Node):
+        inputs = [Int("count", None, min=3, max=9), Int("offset", None), Float("gain", None, max=-1.0),
+                  String("label", None), Boolean("flag", None)]
+        outputs = [Out("INT")]
+
+        def run(self, count, offset, gain, label, flag):
+            return count
+
+    reg = Registry()
+    reg.register(Bare)
+    api = ui_to_api({"nodes": [node(1, "Bare", [], [out("INT", "INT")])], "links": [], "version": 0.4}, reg)
+    assert api["1"]["inputs"] == {"count": 3, "offset": 0, "gain": -1.0, "label": "", "flag": False}
 
 
 def test_golden_editor_file_of_the_current_frontend():
