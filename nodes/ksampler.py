@@ -1,4 +1,5 @@
-"""KSampler and KSamplerAdvanced: ComfyUI's sampling nodes on diffusers schedulers.
+"""KSampler and KSamplerAdvanced: ComfyUI's sampling nodes, sampling in sigma space as ComfyUI does
+(docs/sampling.md).
 
 The COMBOs list only the samplers and schedules genloom implements, so a workflow naming another
 one fails validation (value_not_in_list) with the supported names. The work happens in

@@ -1,7 +1,12 @@
 """genloom's CLIPTextEncode + KSampler + VAEDecode give the diffusers pipeline's pixels.
 
 The pipelines load the same tiny model folders on their own; the schedulers they get are built
-here explicitly (not through genloom's mapping), so the test checks the mapping too.
+here explicitly. genloom samples as ComfyUI does (sigma space, its schedules); the pairs below are
+those where a diffusers scheduler runs the same algorithm on the same numbers. With 4 steps the
+`normal` schedule lands on whole timesteps (999, 666, 333, 0), where ComfyUI's log-sigma
+interpolation and diffusers' linear one agree. Not compared: euler_ancestral (ComfyUI draws the
+ancestral noise from a second generator seeded with the seed, the pipeline continues its own) and
+ddim (ComfyUI's ddim is Euler from sigma * noise; diffusers' DDIM starts from unit noise in VP units).
 """
 
 import numpy as np
@@ -11,7 +16,7 @@ torch = pytest.importorskip("torch")
 
 PROMPT = "a red circle on a blue background"
 SEED = 42
-STEPS = 3
+STEPS = 4
 CFG = 4.0
 
 
@@ -47,19 +52,29 @@ def _genloom_nodes(folder_name, sampler, schedule, width, height, batch=1):
 
 
 def _reference(pipe, size, batch=1, **kw):
+    """The pipeline's image from ComfyUI's starting latent: at the top of the schedule ComfyUI
+    scales the noise by sqrt(1 + sigma_max^2) where diffusers' Euler-type schedulers use sigma_max
+    (their init_noise_sigma), so the pipeline gets the same seeded noise pre-scaled."""
+    f = pipe.vae_scale_factor
+    gen = torch.Generator("cpu").manual_seed(SEED)
+    noise = torch.randn((batch, pipe.unet.config.in_channels, size[0] // f, size[1] // f), generator=gen)
+    init = float(pipe.scheduler.init_noise_sigma)
+    if init > 1.0:  # sigma-space (VE) scheduler
+        sigma_max = float(pipe.scheduler.sigmas.max())
+        noise = noise * (1 + sigma_max ** 2) ** 0.5 / init
     out = pipe(PROMPT, negative_prompt="", height=size[0], width=size[1], num_inference_steps=STEPS,
-               guidance_scale=CFG, num_images_per_prompt=batch, output_type="pt",
+               guidance_scale=CFG, num_images_per_prompt=batch, output_type="pt", latents=noise,
                generator=torch.Generator("cpu").manual_seed(SEED), **kw).images
     return out.permute(0, 2, 3, 1)
 
 
 CASES = [  # genloom names -> the diffusers scheduler the pipeline gets
     ("euler", "normal", "EulerDiscreteScheduler", {"timestep_spacing": "linspace"}),
-    ("euler_ancestral", "simple", "EulerAncestralDiscreteScheduler", {"timestep_spacing": "trailing"}),
+    ("euler", "simple", "EulerDiscreteScheduler", {"timestep_spacing": "trailing"}),
     ("dpmpp_2m", "karras", "DPMSolverMultistepScheduler",
      {"use_karras_sigmas": True, "algorithm_type": "dpmsolver++", "solver_order": 2}),
-    # The tiny model's config is Euler's, which says nothing of clipping: genloom never clips latents.
-    ("ddim", "ddim_uniform", "DDIMScheduler", {"timestep_spacing": "leading", "clip_sample": False}),
+    ("heun", "normal", "HeunDiscreteScheduler", {"timestep_spacing": "linspace"}),
+    ("lms", "normal", "LMSDiscreteScheduler", {"timestep_spacing": "linspace"}),
 ]
 
 
@@ -85,6 +100,9 @@ def test_sd2_v_prediction_equals_pipeline(tiny_models, tmp_folders):
 
 def test_sdxl_equals_pipeline(tiny_models, tmp_folders):
     pipe = _pipeline(tiny_models / "diffusers" / "tiny-sdxl", xl=True)
+    # genloom, like ComfyUI, scales latents by the model family's format (SDXL: 0.13025), not by the
+    # VAE config (the tiny VAE's says 0.18215): the pipeline is told the family's factor.
+    pipe.vae.register_to_config(scaling_factor=0.13025)
     pipe.scheduler = _scheduler(pipe, "EulerDiscreteScheduler", timestep_spacing="linspace")
     ours = _genloom_nodes("tiny-sdxl", "euler", "normal", 64, 64)
     ref = _reference(pipe, (8 * pipe.vae_scale_factor,) * 2)
@@ -114,7 +132,7 @@ def test_engine_workflow_saves_the_pipeline_image(tiny_models, tmp_path):
     result = engine.run(wf, on_event=lambda e, d: events.append((e, d)))
     saved = result.outputs["7"]["images"][0]
     png = np.asarray(Image.open(tmp_path / "out" / saved["subfolder"] / saved["filename"]).convert("RGB"))
-    assert [d["value"] for e, d in events if e == "progress" and d["node"] == "5"] == [1, 2, 3]
+    assert [d["value"] for e, d in events if e == "progress" and d["node"] == "5"] == [1, 2, 3, 4]
 
     pipe = _pipeline(tiny_models / "diffusers" / "tiny-sd1")
     pipe.scheduler = _scheduler(pipe, "EulerDiscreteScheduler", timestep_spacing="linspace")

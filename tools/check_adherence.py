@@ -106,6 +106,9 @@ def generate_diffusers(model: Path, prompts: list[str], seeds: list[int], settin
     for i in range(0, len(prompts), batch):
         chunk, chunk_seeds = prompts[i:i + batch], seeds[i:i + batch]
         noise = torch.cat([torch.randn((1, 4, h, w), generator=torch.Generator().manual_seed(s)) for s in chunk_seeds])
+        init = float(pipe.scheduler.init_noise_sigma)
+        if init > 1.0:  # ComfyUI starts at noise * sqrt(1 + sigma_max^2), diffusers' Euler at sigma_max
+            noise = noise * (1 + float(pipe.scheduler.sigmas.max()) ** 2) ** 0.5 / init
         out = pipe(chunk, negative_prompt=[settings["negative"]] * len(chunk), latents=noise,
                    num_inference_steps=settings["steps"], guidance_scale=settings["cfg"],
                    height=h * f, width=w * f, output_type="np").images

@@ -17,6 +17,8 @@ ModelHandle (MODEL)
   .needs_time_ids    True when the UNet wants SDXL's added_cond_kwargs
   .time_ids(extra, height, width) -> float32 [6] tensor for SDXL from a CONDITIONING entry's dict
   .with_lora(lora, strength) -> new handle sharing the base weights
+  .sampling          ModelSampling or None; .with_sampling(ms) -> a patched copy
+  .latent_format     LatentFormat or None (the family's): the sampler maps raw VAE latents in/out
   with model.use(device, dtype=None) as unet: ...   # unet on device, patches applied, pinned in VRAM
 ClipHandle (CLIP)
   .encode(text, text_2=None) -> (cond [1, T, D] float32 CPU, pooled [1, P] float32 CPU)
@@ -25,8 +27,9 @@ ClipHandle (CLIP)
   .with_stop_at_layer(n), .with_lora(lora, strength)
 VaeHandle (VAE)
   .scaling_factor, .shift_factor (0.0 when the model has none), .latent_channels, .scale_factor
-  .encode(images [B,H,W,C] 0..1) -> latents [B,C,H/f,W/f] float32 CPU, already scaled
-  .decode(latents scaled) -> images [B,H,W,C] 0..1 float32 CPU
+  .encode(images [B,H,W,C] 0..1) -> raw VAE latents [B,C,H/f,W/f] float32 CPU (unscaled, as
+                     ComfyUI's LATENT; the MODEL's latent format scales them inside sampling)
+  .decode(raw latents) -> images [B,H,W,C] 0..1 float32 CPU
   with vae.use(device, dtype=None) as autoencoder: ...  # for tiled or custom passes
 Memory: all `use()` calls go through the engine's manager, `model_owner().memory` (owner.py); wrap
 a whole sampling loop in `model_owner().memory.retry_on_oom(fn)` to get "free and retry once, then a
@@ -41,7 +44,7 @@ from typing import Any
 
 from .encoding import encode_prompt
 from .lora import patched
-from .owner import model_owner
+from .owner import interruptible, model_owner
 
 
 @dataclass(frozen=True, eq=False)  # identity semantics: handles wrap live modules
@@ -54,6 +57,15 @@ class ModelHandle:
     vae_scale_factor: int = 8
     patches: tuple = ()  # ((LoraWeights, strength), ...) applied in order inside use()
     name: str = ""
+    # ModelSampling (genloom.diffusion.sampling.model_sampling) set by the ModelSampling* nodes;
+    # None: derived from scheduler_config (discrete EPS / V_PREDICTION).
+    sampling: Any = None
+    # LatentFormat (genloom.diffusion.sampling.latent_formats); None: the family's (by `kind`).
+    latent_format: Any = None
+
+    def with_sampling(self, sampling) -> "ModelHandle":
+        """A copy sampling differently (ModelSamplingSD3 etc.); the input is never changed."""
+        return replace(self, sampling=sampling)
 
     @property
     def needs_time_ids(self) -> bool:
@@ -78,7 +90,7 @@ class ModelHandle:
     @contextmanager
     def use(self, device: str | None = None, dtype=None):
         with model_owner().memory.use(self.unet, device, dtype) as unet:
-            with patched(unet, self.patches, "unet"):
+            with patched(unet, self.patches, "unet"), interruptible(unet):
                 yield unet
 
 
@@ -131,25 +143,22 @@ class VaeHandle:
 
     @contextmanager
     def use(self, device: str | None = None, dtype=None):
-        with model_owner().memory.use(self.vae, device, dtype) as vae:
+        with model_owner().memory.use(self.vae, device, dtype) as vae, interruptible(vae):
             yield vae
 
     def encode(self, images):
-        """Images [B,H,W,C] 0..1 -> scaled latents: the posterior mean, so equal inputs give equal latents."""
+        """Images [B,H,W,C] 0..1 -> raw latents: the posterior mean, so equal inputs give equal latents."""
         import torch
 
         with torch.no_grad(), self.use() as vae:
             param = next(vae.parameters())
             x = images.movedim(-1, 1).to(param.device, param.dtype) * 2.0 - 1.0
-            latents = vae.encode(x).latent_dist.mean
-            latents = (latents - self.shift_factor) * self.scaling_factor
-            return latents.float().cpu()
+            return vae.encode(x).latent_dist.mean.float().cpu()
 
     def decode(self, latents):
         import torch
 
         with torch.no_grad(), self.use() as vae:
             param = next(vae.parameters())
-            z = latents.to(param.device, param.dtype) / self.scaling_factor + self.shift_factor
-            images = vae.decode(z).sample
+            images = vae.decode(latents.to(param.device, param.dtype)).sample
             return ((images.float() + 1.0) / 2.0).clamp(0, 1).movedim(1, -1).cpu()

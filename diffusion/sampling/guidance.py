@@ -35,6 +35,7 @@ class Guidance:
     needs_time_ids: bool
     num_train_timesteps: int
     batches: list = field(default_factory=list)  # (job indices) that share one UNet call
+    sigma_ranges: list | None = None  # per job (sigma_start, sigma_end), set by `use_sigmas`
     _unet_dtype: Any = None
     _concat: dict = field(default_factory=dict)
 
@@ -66,6 +67,17 @@ class Guidance:
             cached = self._concat[live] = (emb, added)
         return cached
 
+    def use_sigmas(self, ms) -> None:
+        """Judge timestep ranges by sigma with the model sampling's percent_to_sigma, as ComfyUI."""
+        self.sigma_ranges = [(ms.percent_to_sigma(j.t_range[0]), ms.percent_to_sigma(j.t_range[1]))
+                             for j in self.jobs]
+
+    def _live(self, i: int, t: float, sigma: float | None) -> bool:
+        if sigma is not None and self.sigma_ranges is not None:
+            hi, lo = self.sigma_ranges[i]
+            return lo <= sigma <= hi
+        return self.active(self.jobs[i], t)
+
     def active(self, job: _Job, t: float) -> bool:
         start, end = job.t_range
         if start <= 0.0 and end >= 1.0:
@@ -73,14 +85,14 @@ class Guidance:
         progress = 1.0 - t / max(self.num_train_timesteps - 1, 1)
         return start <= progress <= end
 
-    def __call__(self, unet, x_in, t, t_value: float):
+    def __call__(self, unet, x_in, t, t_value: float, sigma: float | None = None):
         """The guided model output for the scaled input `x_in` at timestep `t`."""
         import torch
 
         preds: dict[int, Any] = {}
         dtype = self._dtype(unet)
         for batch in self.batches:
-            live = tuple(i for i in batch if self.active(self.jobs[i], t_value))
+            live = tuple(i for i in batch if self._live(i, t_value, sigma))
             if not live:
                 continue
             area = self.jobs[live[0]].area
@@ -190,6 +202,8 @@ def _batch(t, b: int):
 
 def _area(area, h: int, w: int):
     """ConditioningSetArea's (height, width, y, x) in latent cells, clipped to the latent."""
+    if area and len(area) == 5 and area[0] == "percentage":  # ConditioningSetAreaPercentage
+        area = (max(1, round(area[1] * h)), max(1, round(area[2] * w)), round(area[3] * h), round(area[4] * w))
     if not area or len(area) < 4 or isinstance(area[0], str):
         return None
     ah, aw, y, x = (int(v) for v in area[:4])

@@ -1,37 +1,28 @@
-"""The denoising loop on diffusers schedulers.
+"""KSampler's entry point: ComfyUI's sigma-space sampling (sigma_loop.py), and a diffusers-scheduler
+loop for the few sampler names not yet written in sigma space (deis, sa_solver, uni_pc, uni_pc_bh2).
 
-The loop is our own rather than a pipeline call because the nodes need what pipelines don't offer:
-starting and stopping at any step (KSamplerAdvanced), noise masks, area conditioning, previews and
-interrupts. For the plain case its arithmetic is the pipeline's, operation for operation, so the
-images are the same (see tests/test_pipeline_equality.py).
+The diffusers loop is our own rather than a pipeline call because the nodes need what pipelines
+don't offer: starting and stopping at any step (KSamplerAdvanced), noise masks, area conditioning,
+previews and interrupts.
 """
 
 from __future__ import annotations
 
 import time
-import warnings
 
 from genloom.diffusion.errors import SamplingError
 from genloom.diffusion.models.owner import model_owner
 from genloom.engine import context
 
+from . import k_samplers, latent_formats
 from .guidance import prepare_guidance
+from .model_sampling import of_model
 from .noise import initial_noise, predict_x0, prepare_mask
 from .plan import make_plan
 from .preview import latent_preview
 from .schedulers import check_names
-
-
-def unet_dtype(device: str, options: dict):
-    """float16 on accelerators unless the engine options say otherwise; the model's own on CPU."""
-    import torch
-
-    choice = (options or {}).get("unet_dtype")
-    names = {"fp16": torch.float16, "float16": torch.float16, "bf16": torch.bfloat16,
-             "bfloat16": torch.bfloat16, "fp32": torch.float32, "float32": torch.float32}
-    if choice in names:
-        return names[choice]
-    return None if str(device).startswith("cpu") else torch.float16
+from .sigma_loop import Guider, Sampler, sample_sigmas, unet_dtype
+from .sigma_schedules import calculate_sigmas
 
 
 def sample(model, positive, negative, latent: dict, *, seed: int, steps: int, cfg: float,
@@ -44,6 +35,11 @@ def sample(model, positive, negative, latent: dict, *, seed: int, steps: int, cf
     import torch
 
     check_names(sampler_name, scheduler)
+    if sampler_name in k_samplers.SAMPLERS:
+        return _sample_in_sigmas(model, positive, negative, latent, seed=seed, steps=steps, cfg=cfg,
+                                 sampler_name=sampler_name, scheduler=scheduler, denoise=denoise,
+                                 start_step=start_step, end_step=end_step, add_noise=add_noise,
+                                 force_full_denoise=force_full_denoise)
     samples = latent["samples"]
     want = int(getattr(model.unet.config, "in_channels", samples.shape[1]))
     if samples.ndim != 4 or samples.shape[1] != want:
@@ -62,14 +58,14 @@ def sample(model, positive, negative, latent: dict, *, seed: int, steps: int, cf
 
     ctx = context.current()
     device = ctx.device
+    fmt = latent_formats.of_model(model)
+    samples = fmt.process_in(samples.float())
     noise, gen = initial_noise(latent, seed)
     if not add_noise:
         noise = torch.zeros_like(noise)
 
     def run():
-        with torch.no_grad(), warnings.catch_warnings():
-            # torchsde (dpmpp_sde) warns about float rounding of its interval ends on every step.
-            warnings.filterwarnings("ignore", message="Should have ta>=t0")
+        with torch.no_grad():
             return _loop(model, positive, negative, samples, noise, gen, latent.get("noise_mask"),
                          seed=seed, steps=steps, cfg=cfg, sampler_name=sampler_name,
                          scheduler=scheduler, start_step=start_step, end_step=end_step,
@@ -77,7 +73,48 @@ def sample(model, positive, negative, latent: dict, *, seed: int, steps: int, cf
                          device=device)
 
     out = model_owner().memory.retry_on_oom(run, "sampling")
-    return _copy_latent(latent, out)
+    return _copy_latent(latent, fmt.process_out(out))
+
+
+def ksampler_sigmas(ms, sampler_name: str, scheduler: str, steps: int, denoise: float = 1.0):
+    """KSampler's sigmas: one step more with the last but one dropped for dpm_2 & co; with
+    denoise < 1 the last `steps` of an int(steps / denoise)-step schedule."""
+    import torch
+
+    def schedule(n):
+        discard = sampler_name in k_samplers.DISCARD_PENULTIMATE
+        sig = calculate_sigmas(ms, scheduler, n + 1 if discard else n)
+        return torch.cat([sig[:-2], sig[-1:]]) if discard else sig
+
+    if denoise > 0.9999:
+        return schedule(steps)
+    return schedule(int(steps / denoise))[-(steps + 1):]
+
+
+def _sample_in_sigmas(model, positive, negative, latent, *, seed, steps, cfg, sampler_name, scheduler,
+                      denoise, start_step, end_step, add_noise, force_full_denoise) -> dict:
+    """ComfyUI's KSampler / KSamplerAdvanced: cut the sigmas, then sample over them."""
+    import torch
+
+    samples = latent["samples"]
+    want = int(getattr(model.unet.config, "in_channels", samples.shape[1]))
+    if samples.ndim == 4 and samples.shape[1] != want and not bool(samples.any()):
+        # An empty latent with the wrong channel count is widened with zeros (ComfyUI does too).
+        latent = {**latent, "samples": torch.zeros(samples.shape[0], want, *samples.shape[2:])}
+    if denoise <= 0.0 or steps <= 0:
+        return _copy_latent(latent, latent["samples"])
+    sigmas = ksampler_sigmas(of_model(model), sampler_name, scheduler, steps, denoise).clone()
+    if end_step is not None and end_step < len(sigmas) - 1:
+        sigmas = sigmas[:end_step + 1]
+        if force_full_denoise:
+            sigmas[-1] = 0
+    if start_step:
+        if start_step >= len(sigmas) - 1:
+            return _copy_latent(latent, latent["samples"])
+        sigmas = sigmas[start_step:]
+    noise = initial_noise(latent, seed)[0] if add_noise else torch.zeros(latent["samples"].shape)
+    guider = Guider(model, positive, negative, float(cfg))
+    return sample_sigmas(guider, Sampler(sampler_name), sigmas, latent, noise, seed=seed)
 
 
 def _copy_latent(latent: dict, samples) -> dict:

@@ -1,4 +1,5 @@
-"""ComfyUI's sampler and scheduler names on diffusers schedulers.
+"""ComfyUI's sampler and scheduler names, and the diffusers schedulers behind the few names that are
+not yet written in sigma space (k_samplers.py has the rest).
 
 Every run builds a fresh scheduler from the model's ORIGINAL scheduler config (never from another
 swapped one), so a name always means the same numbers. The name tables are plain data so the node
@@ -9,33 +10,30 @@ from __future__ import annotations
 
 from genloom.diffusion.errors import SamplingError
 
-_SDE = {"algorithm_type": "sde-dpmsolver++"}
-# ComfyUI sampler name -> (diffusers class, config overrides, space). "ve": the scheduler's sample is
-# x0 + sigma*eps (k-diffusion style, input scaled by scale_model_input); "vp": alpha*x0 + sigma*eps.
+from .k_samplers import SAMPLERS as K_SAMPLERS
+from .sigma_schedules import SCHEDULER_NAMES as SIGMA_SCHEDULER_NAMES
+
+# The names not yet written in sigma space run on diffusers schedulers:
+# ComfyUI sampler name -> (diffusers class, config overrides, space). "vp": alpha*x0 + sigma*eps.
 SAMPLERS: dict[str, tuple[str, dict, str]] = {
-    "euler": ("EulerDiscreteScheduler", {}, "ve"),
-    "euler_ancestral": ("EulerAncestralDiscreteScheduler", {}, "ve"),
-    "heun": ("HeunDiscreteScheduler", {}, "ve"),
-    "dpm_2": ("KDPM2DiscreteScheduler", {}, "ve"),
-    "dpm_2_ancestral": ("KDPM2AncestralDiscreteScheduler", {}, "ve"),
-    "lms": ("LMSDiscreteScheduler", {}, "ve"),
-    "dpmpp_sde": ("DPMSolverSDEScheduler", {}, "ve"),
-    "dpmpp_sde_gpu": ("DPMSolverSDEScheduler", {}, "ve"),
-    "dpmpp_2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}, "vp"),
-    "dpmpp_2m_sde": ("DPMSolverMultistepScheduler", {**_SDE, "solver_order": 2}, "vp"),
-    "dpmpp_2m_sde_gpu": ("DPMSolverMultistepScheduler", {**_SDE, "solver_order": 2}, "vp"),
-    "dpmpp_3m_sde": ("DPMSolverMultistepScheduler", {**_SDE, "solver_order": 3}, "vp"),
-    "dpmpp_3m_sde_gpu": ("DPMSolverMultistepScheduler", {**_SDE, "solver_order": 3}, "vp"),
-    "ddpm": ("DDPMScheduler", {}, "vp"),
-    "lcm": ("LCMScheduler", {}, "vp"),
     "deis": ("DEISMultistepScheduler", {"solver_order": 2}, "vp"),
     "sa_solver": ("SASolverScheduler", {}, "vp"),
-    "ddim": ("DDIMScheduler", {}, "vp"),
     # bh1's last step to sigma 0 divides by zero in diffusers: it stops at the smallest sigma.
     "uni_pc": ("UniPCMultistepScheduler",
                {"solver_type": "bh1", "final_sigmas_type": "sigma_min"}, "vp"),
     "uni_pc_bh2": ("UniPCMultistepScheduler", {"solver_type": "bh2"}, "vp"),
 }
+
+# ComfyUI's KSampler list, in its order.
+COMFY_SAMPLER_NAMES = [
+    "euler", "euler_cfg_pp", "euler_ancestral", "euler_ancestral_cfg_pp", "heun", "heunpp2",
+    "exp_heun_2_x0", "exp_heun_2_x0_sde", "dpm_2", "dpm_2_ancestral", "lms", "dpm_fast", "dpm_adaptive",
+    "dpmpp_2s_ancestral", "dpmpp_2s_ancestral_cfg_pp", "dpmpp_sde", "dpmpp_sde_gpu", "dpmpp_2m",
+    "dpmpp_2m_cfg_pp", "dpmpp_2m_sde", "dpmpp_2m_sde_gpu", "dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu",
+    "dpmpp_3m_sde", "dpmpp_3m_sde_gpu", "ddpm", "lcm", "ipndm", "ipndm_v", "deis", "res_multistep",
+    "res_multistep_cfg_pp", "res_multistep_ancestral", "res_multistep_ancestral_cfg_pp",
+    "gradient_estimation", "gradient_estimation_cfg_pp", "er_sde", "seeds_2", "seeds_3", "sa_solver",
+    "sa_solver_pece", "ddim", "uni_pc", "uni_pc_bh2"]
 
 # ComfyUI scheduler (sigma schedule) name -> diffusers config overrides.
 SCHEDULES: dict[str, dict] = {
@@ -48,30 +46,21 @@ SCHEDULES: dict[str, dict] = {
     "normal": {"timestep_spacing": "linspace"},
 }
 
-SAMPLER_NAMES = list(SAMPLERS)
-SCHEDULER_NAMES = list(SCHEDULES)
-
-_SPACING_ONLY = ("normal", "simple", "sgm_uniform", "ddim_uniform")
-# Which schedules each diffusers class can produce (checked against diffusers in the tests).
-# euler_ancestral has no sigma options in diffusers: it gets the sigmas of an Euler scheduler built
-# with them (the ancestral step only reads `sigmas`), see `_transplant_sigmas`.
-_UNSUPPORTED: dict[str, tuple[str, ...]] = {
-    "DDIMScheduler": ("karras", "exponential", "beta"),
-    "DDPMScheduler": ("karras", "exponential", "beta"),
-    "LCMScheduler": ("karras", "exponential", "beta", "ddim_uniform"),
-}
-
+# What KSampler offers: the names written in sigma space (k_samplers) and the diffusers ones above.
+SAMPLER_NAMES = [n for n in COMFY_SAMPLER_NAMES if n in K_SAMPLERS or n in SAMPLERS]
+SCHEDULER_NAMES = list(SIGMA_SCHEDULER_NAMES)
 
 def supported_schedules(sampler_name: str) -> list[str]:
-    cls_name = SAMPLERS[sampler_name][0]
-    return [s for s in SCHEDULER_NAMES if s not in _UNSUPPORTED.get(cls_name, ())]
+    if sampler_name in K_SAMPLERS:
+        return list(SCHEDULER_NAMES)
+    return list(SCHEDULES)  # the diffusers classes: the schedules diffusers' config flags give
 
 
 def check_names(sampler_name: str, scheduler: str) -> None:
-    if sampler_name not in SAMPLERS:
+    if sampler_name not in SAMPLER_NAMES:
         raise SamplingError(f"sampler_name {sampler_name!r} is not supported; choose one of "
                             f"{', '.join(SAMPLER_NAMES)}")
-    if scheduler not in SCHEDULES:
+    if scheduler not in SCHEDULER_NAMES:
         raise SamplingError(f"scheduler {scheduler!r} is not supported; choose one of "
                             f"{', '.join(SCHEDULER_NAMES)}")
     if scheduler not in supported_schedules(sampler_name):
@@ -88,12 +77,7 @@ def build_scheduler(config: dict, sampler_name: str, scheduler: str, seed: int =
     cls = getattr(diffusers, cls_name)
     kwargs = _own_config(cls, config)
     kwargs.update(overrides)
-    if cls_name not in ("EulerAncestralDiscreteScheduler", "LCMScheduler"):
-        kwargs.update(SCHEDULES[scheduler])
-    elif cls_name == "EulerAncestralDiscreteScheduler" and scheduler in _SPACING_ONLY:
-        kwargs.update(SCHEDULES[scheduler])
-    if cls_name == "DPMSolverSDEScheduler":
-        kwargs["noise_sampler_seed"] = int(seed) % (2**63)
+    kwargs.update(SCHEDULES[scheduler])
     return cls.from_config(kwargs)
 
 
@@ -105,32 +89,11 @@ def _own_config(cls, config: dict) -> dict:
     known = set(inspect.signature(cls.__init__).parameters)
     sigma_flags = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
     own = {k: v for k, v in config.items() if k in known and k not in sigma_flags}
-    if "clip_sample" in known:
-        # DDIM/DDPM default to clipping x0 to [-1, 1], which is for pixel models: latents are not
-        # clipped unless the model's own config asks for it (an Euler config never says).
-        own.setdefault("clip_sample", False)
     return own
-
-
-def transplant_sigmas(sched, config: dict, scheduler: str, steps: int, device) -> None:
-    """Give an EulerAncestral scheduler the sigmas of a karras/exponential/beta Euler schedule."""
-    import diffusers
-
-    kwargs = _own_config(diffusers.EulerDiscreteScheduler, config)
-    kwargs.update(SCHEDULES[scheduler])
-    donor = diffusers.EulerDiscreteScheduler.from_config(kwargs)
-    donor.set_timesteps(steps, device=device)
-    sched.sigmas = donor.sigmas.clone()
-    sched.timesteps = donor.timesteps.clone()
-    sched._step_index = None
-    sched._begin_index = None
-
 
 
 def timed_scheduler(config: dict, sampler_name: str, scheduler: str, steps: int, seed: int, device):
     """A new scheduler for this name pair with the timesteps of a `steps`-step run set."""
     sched = build_scheduler(config, sampler_name, scheduler, seed)
     sched.set_timesteps(steps, device=device)
-    if SAMPLERS[sampler_name][0] == "EulerAncestralDiscreteScheduler" and scheduler not in _SPACING_ONLY:
-        transplant_sigmas(sched, config, scheduler, steps, device)
     return sched

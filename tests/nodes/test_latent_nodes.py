@@ -70,7 +70,8 @@ def test_encode_crops_and_decode_round_trips(vae):
 
 
 def test_tiled_decode_matches_plain_decode(vae):
-    lat = {"samples": torch.randn(1, 4, 20, 12, generator=torch.Generator().manual_seed(0))}
+    # LATENT holds raw VAE latents: a sampled SD latent is about N(0, 1) / 0.18215 there.
+    lat = {"samples": torch.randn(1, 4, 20, 12, generator=torch.Generator().manual_seed(0)) / 0.18215}
     (plain,) = L.VAEDecode().run(lat, vae)
     (one_tile,) = L.VAEDecodeTiled().run(lat, vae, 4096, 64, 64, 8)
     assert torch.equal(one_tile, plain)
