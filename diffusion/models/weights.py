@@ -21,17 +21,9 @@ def read_state_dict(path: Path) -> tuple[dict, dict]:
             return load_file(str(path)), meta
         except SafetensorError as exc:
             raise CheckpointError(f"{path.name}: {exc}") from exc
-    import pickle
-
     import torch
 
-    try:
-        data = torch.load(str(path), map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError, EOFError) as exc:
-        raise CheckpointError(
-            f"{path.name} is not a plain weights file: it contains Python objects that could run "
-            f"code when loaded, so genloom refuses it (convert it to .safetensors). Detail: "
-            f"{str(exc).splitlines()[0][:200]}") from exc
+    data = load_pickled_weights(path)
     if isinstance(data, dict):
         for key in ("state_dict", "params_ema", "params"):
             if isinstance(data.get(key), dict):
@@ -43,6 +35,23 @@ def read_state_dict(path: Path) -> tuple[dict, dict]:
             raise CheckpointError(f"{path.name} holds no tensors")
         data = tensors
     return data, {}
+
+
+def load_pickled_weights(path: Path):
+    """What a pickled torch file holds (nested dicts, lists, tensors, numbers, strings), read with
+    torch's weights-only unpickler; a file that holds any other Python object is refused."""
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError, EOFError) as exc:
+        raise CheckpointError(
+            f"{path.name} is not a plain weights file: it contains Python objects that could run "
+            f"code when loaded, so genloom refuses it (convert it to .safetensors). Detail: "
+            f"{str(exc).splitlines()[0][:200]}") from exc
 
 
 def read_weights(path: Path) -> dict:
