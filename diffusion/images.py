@@ -8,18 +8,32 @@ from datetime import datetime
 from pathlib import Path
 
 from genloom.engine import context
+from genloom.engine.errors import NodeInputError
 from genloom.engine.folders import UnsafePath, safe_join
 
 
-def load_picture(path: Path):
+class PictureTooLarge(NodeInputError):
+    """A picture whose frames together hold more pixels than the limit: refused before decoding."""
+
+
+def load_picture(path: Path, max_pixels: int | None = None, input_name: str = "image"):
     """(IMAGE [N, H, W, 3], MASK [N, H, W]) from a picture file: one entry per frame (frames of another
     size than the first are skipped), EXIF rotation applied, the mask 1 - alpha (zeros without alpha).
-    Raises PIL's UnidentifiedImageError or OSError for a file that is no readable picture."""
+    `max_pixels` bounds width x height x frames, checked from the header before any frame is decoded
+    (a tiny animated GIF can stand for gigabytes of frames): PictureTooLarge otherwise. Raises PIL's
+    UnidentifiedImageError or OSError for a file that is no readable picture."""
     import numpy as np
     import torch
     from PIL import Image, ImageOps, ImageSequence
 
     picture = Image.open(path)
+    if max_pixels is not None:
+        width, height = picture.size
+        frames = 1 if picture.format == "MPO" else getattr(picture, "n_frames", 1)
+        if width * height * frames > max_pixels:
+            shown = f"{width}x{height}" + (f" x {frames} frames" if frames > 1 else "")
+            raise PictureTooLarge(input_name, f"{path.name} is {shown} = {width * height * frames} pixels, "
+                                              f"over the limit of {max_pixels} (--max-pixels)")
     pictures, masks = [], []
     frames = [picture] if picture.format == "MPO" else ImageSequence.Iterator(picture)
     for frame in frames:
@@ -74,13 +88,17 @@ def png_metadata(prompt=None, extra_pnginfo: dict | None = None):
     return info
 
 
-def save_images(images, folder: Path, prefix: str, kind: str, prompt=None, extra_pnginfo=None,
-                compress_level: int = 4) -> list[dict]:
-    """Write each image as `{prefix}_{counter:05}_.png` under `folder`; returns the UI entries.
-    Raises UnsafePath when the prefix would leave `folder`."""
+def to_uint8(image):
+    """An IMAGE [H, W, C] as ComfyUI writes it: clip(255 * x, 0, 255) truncated to uint8 (not rounded),
+    so the same tensor gives the same bytes; a single channel becomes a grey [H, W] array."""
     import numpy as np
-    from PIL import Image
 
+    pixels = np.clip(255.0 * image.detach().float().cpu().numpy(), 0, 255).astype(np.uint8)
+    return pixels[..., 0] if pixels.shape[-1] == 1 else pixels
+
+
+def _target(folder: Path, prefix: str, images, kind: str) -> tuple[Path, str, str]:
+    """(folder to write in, subfolder, file name stem) for a prefix; raises UnsafePath on escapes."""
     prefix = _expand_prefix(prefix, images).replace("\\", "/")
     subfolder, _, name = prefix.rpartition("/")
     try:
@@ -89,28 +107,108 @@ def save_images(images, folder: Path, prefix: str, kind: str, prompt=None, extra
     except UnsafePath as exc:
         raise UnsafePath(f"saving outside the {kind} folder is not allowed ({exc})") from exc
     target.mkdir(parents=True, exist_ok=True)
-    metadata = None
-    if not context.current().options.get("disable_metadata"):
-        metadata = png_metadata(prompt, extra_pnginfo)
+    return target, subfolder, name
+
+
+def _write_new(target: Path, stem: str, counter: int, ext: str, write) -> tuple[str, int]:
+    """Create `{stem}_{counter:05}_.{ext}` exclusively (two runs saving at once never overwrite each
+    other), calling write(file object); returns (file name, next counter)."""
+    while True:
+        filename = f"{stem}_{counter:05}_.{ext}"
+        counter += 1
+        try:
+            with open(target / filename, "xb") as fh:
+                write(fh)
+            return filename, counter
+        except FileExistsError:
+            continue
+
+
+def _with_metadata() -> bool:
+    return not context.current().options.get("disable_metadata")
+
+
+def save_images(images, folder: Path, prefix: str, kind: str, prompt=None, extra_pnginfo=None,
+                compress_level: int = 4, bit_depth: int = 8) -> list[dict]:
+    """Write each image as `{prefix}_{counter:05}_.png` under `folder`; returns the UI entries.
+    Raises UnsafePath when the prefix would leave `folder`."""
+    from PIL import Image
+
+    target, subfolder, name = _target(folder, prefix, images, kind)
+    metadata = png_metadata(prompt, extra_pnginfo) if _with_metadata() else None
     counter = _next_counter(target, name)
     results = []
     for index, image in enumerate(images):
-        pixels = np.clip(image.detach().float().cpu().numpy() * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        if pixels.shape[-1] == 1:
-            pixels = pixels[..., 0]
-        picture = Image.fromarray(pixels)
         stem = name.replace("%batch_num%", str(index))
-        while True:  # exclusive create: two runs saving at once never overwrite each other
-            filename = f"{stem}_{counter:05}_.png"
-            counter += 1
-            try:
-                with open(target / filename, "xb") as fh:
-                    picture.save(fh, format="PNG", pnginfo=metadata, compress_level=compress_level)
-                break
-            except FileExistsError:
-                continue
+        if bit_depth == 16:
+            data = png16_bytes(image, metadata, compress_level)
+            write = lambda fh, data=data: fh.write(data)  # noqa: E731
+        else:
+            picture = Image.fromarray(to_uint8(image))
+            write = lambda fh, picture=picture: picture.save(  # noqa: E731
+                fh, format="PNG", pnginfo=metadata, compress_level=compress_level)
+        filename, counter = _write_new(target, stem, counter, "png", write)
         results.append({"filename": filename, "subfolder": subfolder, "type": kind})
     return results
+
+
+def png16_bytes(image, metadata=None, compress_level: int = 4) -> bytes:
+    """A 16-bit PNG (grey, RGB or RGBA) of an IMAGE [H, W, C]: clip(65535 * x) truncated like the
+    8-bit files, big-endian, with the text chunks of `metadata` (a PngInfo) before the pixels."""
+    import struct
+    import zlib
+
+    import numpy as np
+
+    pixels = np.clip(65535.0 * image.detach().float().cpu().numpy(), 0, 65535).astype(">u2")
+    h, w, c = pixels.shape
+    colour_type = {1: 0, 2: 4, 3: 2, 4: 6}[c]
+    rows = np.concatenate([np.zeros((h, 1), np.uint8), pixels.reshape(h, w * c).view(np.uint8)], axis=1)
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    out = [b"\x89PNG\r\n\x1a\n", chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, colour_type, 0, 0, 0))]
+    for kind, body, _after_idat in (metadata.chunks if metadata is not None else []):
+        out.append(chunk(kind, body))
+    out.append(chunk(b"IDAT", zlib.compress(rows.tobytes(), compress_level)))
+    out.append(chunk(b"IEND", b""))
+    return b"".join(out)
+
+
+def save_animated(images, folder: Path, prefix: str, kind: str, fmt: str, fps: float, prompt=None,
+                  extra_pnginfo=None, **options) -> list[dict]:
+    """All frames in one animated WEBP or PNG file, with ComfyUI's metadata: WEBP carries EXIF tags
+    (0x0110 "prompt:<json>", then 0x010F, 0x010E, ... "<key>:<json>" per extra_pnginfo key), APNG
+    "comf" chunks after the pixels ("<key>\\0<json>"). Raises UnsafePath for escaping prefixes."""
+    import json
+
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    target, subfolder, name = _target(folder, prefix, images, kind)
+    frames = [Image.fromarray(to_uint8(image)) for image in images]
+    save = dict(save_all=True, duration=int(1000.0 / fps), append_images=frames[1:], **options)
+    if fmt == "webp":
+        exif = frames[0].getexif()
+        if _with_metadata():
+            if prompt is not None:
+                exif[0x0110] = f"prompt:{json.dumps(prompt)}"
+            for offset, (key, value) in enumerate((extra_pnginfo or {}).items()):
+                exif[0x010F - offset] = f"{key}:{json.dumps(value)}"
+        save.update(format="WEBP", exif=exif)
+    else:
+        info = None
+        if _with_metadata():
+            info = PngInfo()
+            entries = ([("prompt", prompt)] if prompt is not None else []) + list((extra_pnginfo or {}).items())
+            for key, value in entries:
+                info.add(b"comf", f"{key}".encode("latin-1") + b"\0" + json.dumps(value).encode("latin-1"),
+                         after_idat=True)
+        save.update(format="PNG", pnginfo=info)
+    filename, _ = _write_new(target, name, _next_counter(target, name), fmt,
+                             lambda fh: frames[0].save(fh, **save))
+    return [{"filename": filename, "subfolder": subfolder, "type": kind}]
 
 
 def _next_counter(folder: Path, name: str) -> int:

@@ -71,12 +71,13 @@ class LoadImage(Node):
         from PIL import UnidentifiedImageError
 
         from genloom.diffusion.images import load_picture
+        from genloom.engine.budgets import limits
 
         error = _image_error(str(image))
         if error is not None:
             raise error
         try:
-            return load_picture(resolve_input(str(image)))
+            return load_picture(resolve_input(str(image)), max_pixels=limits().max_pixels)
         except (UnidentifiedImageError, OSError) as exc:
             raise NodeInputError("image", f"{image!r} is not a readable picture ({exc})") from exc
 
@@ -184,7 +185,8 @@ class ImageScaleBy(Node):
 
 
 class ImageScaleToTotalPixels(Node):
-    """Resizes images to about the given number of megapixels, keeping the aspect ratio."""
+    """Resizes images to about the given number of megapixels, keeping the aspect ratio; each side is
+    rounded to a multiple of resolution_steps."""
 
     category = "image/upscaling"
     display_name = "Scale Image to Total Pixels"
@@ -192,13 +194,14 @@ class ImageScaleToTotalPixels(Node):
         Input("image", "IMAGE"),
         Combo("upscale_method", IMAGE_METHODS, "nearest-exact"),
         Float("megapixels", 1.0, min=0.01, max=16.0, step=0.01),
+        Int("resolution_steps", 1, min=1, max=256),
     ]
     outputs = [Out("IMAGE")]
 
-    def run(self, image, upscale_method, megapixels):
-        factor = (megapixels * 1024 * 1024 / (image.shape[1] * image.shape[2])) ** 0.5
-        width = max(1, round(image.shape[2] * factor))
-        height = max(1, round(image.shape[1] * factor))
+    def run(self, image, upscale_method, megapixels, resolution_steps=1):
+        from genloom.diffusion.image_ops import total_pixels_size
+
+        width, height = total_pixels_size(image.shape[2], image.shape[1], megapixels, resolution_steps)
         return (scale_image(image, width, height, upscale_method),)
 
 
