@@ -13,6 +13,7 @@ import math
 from typing import Callable
 
 from genloom.diffusion.models.memory import is_out_of_memory, release_cache
+from genloom.engine import context
 
 DEFAULT_TILE = 512
 DEFAULT_OVERLAP = 32
@@ -69,10 +70,12 @@ def _run_tiles(model, image, scale, tile, overlap, device, progress):
     th, tw = min(tile, height), min(tile, width)
     total, done = batch * len(ys) * len(xs), 0
     out = acc = None
+    check_interrupt = context.current().check_interrupt
     for b in range(batch):
         for y in ys:
             wy = _ramp(th * scale, overlap * scale, y > 0, y + th < height)
             for x in xs:
+                check_interrupt()  # a tile at a time: /interrupt lands within one
                 piece = image[b:b + 1, :, y:y + th, x:x + tw].to(device)
                 with torch.no_grad():
                     result = model(piece).float().cpu()

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 from genloom.diffusion.errors import CheckpointError
-from genloom.diffusion.models.owner import model_owner
+from genloom.diffusion.models.owner import interruptible, model_owner
 from genloom.diffusion.models.weights import read_weights
 from genloom.diffusion.tiling import DEFAULT_OVERLAP, DEFAULT_TILE, MIN_TILE, run_tiled
 
@@ -66,7 +66,7 @@ def upscale_padded(model, pixels, device: str, tile: int = DEFAULT_TILE, progres
     if margin > 0:
         pixels = F.pad(pixels, [margin] * 4, mode="reflect")
     name = f"upscale model {model.architecture.name}"
-    with model_owner().memory.use(model.model, device, name=name):
+    with model_owner().memory.use(model.model, device, name=name), interruptible(model.model):
         out = run_tiled(model, pixels, model.scale, tile=tile, overlap=DEFAULT_OVERLAP, device=device,
                         progress=progress, min_tile=MIN_TILE)
     if margin > 0:

@@ -3,6 +3,8 @@ seams, and encoding for inpainting."""
 
 from __future__ import annotations
 
+from genloom.engine import context
+
 
 def crop_to_multiple(pixels, multiple: int, mask=None):
     """Centre-crop [B,H,W,C] (and a [B,1,H,W] mask) so both sides are multiples of the VAE scale."""
@@ -50,8 +52,10 @@ def decode_tiled(vae, latents, tile_size: int, overlap: int):
     ys, xs = _tile_starts(h, tile, stride), _tile_starts(w, tile, stride)
     out = torch.zeros(b, h * f, w * f, 3)
     weight = torch.zeros(1, h * f, w * f, 1)
+    check_interrupt = context.current().check_interrupt
     for yi, y in enumerate(ys):
         for xi, x in enumerate(xs):
+            check_interrupt()  # between tiles; inside one, the VAE's blocks check (VaeHandle.use)
             th, tw = min(tile, h - y), min(tile, w - x)
             pixels = vae.decode(latents[:, :, y:y + th, x:x + tw])
             top = (ys[yi - 1] + tile - y) * f if yi else 0

@@ -294,6 +294,7 @@ def validate(graph: dict, registry, outputs: list[str] | None = None) -> Validat
     order: list[str] = []  # finished nodes, dependencies first
     on_stack: dict[str, int] = {}  # node -> position in `path`
     path: list[str] = []
+    marked: set[str] = set()  # nodes where a cycle was reported
 
     for target in targets:
         if target in valid:
@@ -325,7 +326,7 @@ def validate(graph: dict, registry, outputs: list[str] | None = None) -> Validat
                 if dep in valid:
                     continue
                 if dep in on_stack:
-                    _mark_cycle(path[on_stack[dep]:] + [dep], checked)
+                    _mark_cycle(path, on_stack[dep], checked, marked)
                     continue
                 frame[1] = i
                 stack.append([dep, 0])
@@ -346,21 +347,11 @@ def validate(graph: dict, registry, outputs: list[str] | None = None) -> Validat
             order.append(node_id)
 
     good = [t for t in targets if valid[t]]
-    node_errors: dict[str, dict] = {}
     bad = [t for t in targets if not valid[t]]
+    node_errors: dict[str, dict] = {}
     if bad:
-        for target in bad:
-            for node_id in _upstream(target, checked):
-                errors = checked[node_id][1]
-                if errors:
-                    record = node_errors.get(node_id)
-                    if record is None:
-                        record = node_errors[node_id] = {"errors": errors, "dependent_outputs": [],
-                                                         "class_type": graph[node_id]["class_type"]}
-                    record["dependent_outputs"].append(target)
-        needed: set[str] = set()
-        for target in good:
-            needed.update(_upstream(target, checked))
+        node_errors = _node_errors(bad, order, checked, graph)
+        needed = _upstream(good, checked)
         result = {nid: checked[nid][0] for nid in order if nid in needed}
     else:
         result = {nid: checked[nid][0] for nid in order}
@@ -375,25 +366,63 @@ def validate(graph: dict, registry, outputs: list[str] | None = None) -> Validat
     return Validation(result, good, node_errors, error)
 
 
-def _mark_cycle(cycle: list[str], checked: dict) -> None:
-    shown = " -> ".join(cycle)
-    for node_id in cycle[:-1]:
-        errors = checked[node_id][1]
-        if not any(e["type"] == "dependency_cycle" for e in errors):
-            errors.append(_err("dependency_cycle", f"Dependency cycle detected: {shown}", shown,
-                               cycle=list(cycle)))
+CYCLE_SHOWN = 12  # nodes of a cycle named in its error; a longer one is shown by its ends
 
 
-def _upstream(target: str, checked: dict) -> list[str]:
-    """Every node `target` depends on (itself included), among those that were checked."""
-    seen = {target}
-    todo = [target]
-    out = []
+def _mark_cycle(path: list[str], start: int, checked: dict, marked: set) -> None:
+    """One error for the cycle that closes at path[start]: on that node, with its path capped, so a
+    long cycle costs what its length does (never a copy of the path per node)."""
+    node_id = path[start]
+    if node_id in marked:
+        return
+    marked.add(node_id)
+    length = len(path) - start
+    if length <= CYCLE_SHOWN:
+        shown = path[start:] + [node_id]
+    else:
+        half = CYCLE_SHOWN // 2
+        shown = path[start:start + half] + ["..."] + path[len(path) - half + 1:] + [node_id]
+    text = " -> ".join(shown)
+    checked[node_id][1].append(_err("dependency_cycle", f"Dependency cycle detected ({length} nodes): {text}",
+                                    text, cycle=shown, cycle_length=length))
+
+
+def _node_errors(bad: list[str], order: list[str], checked: dict, graph: dict) -> dict:
+    """ComfyUI's node_errors: each failing node with the failed outputs that depend on it. Walks
+    from whichever side is smaller, the failed outputs up or the failing nodes down, so the cost is
+    the graph's size times min(failed outputs, failing nodes): linear for one output or one error."""
+    failing = [nid for nid in order if checked[nid][1]]
+    reached: dict[str, list[str]] = {nid: [] for nid in failing}
+    if len(bad) <= len(failing):
+        for target in bad:  # in target order, so each list is too
+            for node_id in _upstream([target], checked):
+                if node_id in reached:
+                    reached[node_id].append(target)
+    else:
+        dependents: dict[str, list[str]] = {}
+        for node_id in order:
+            for dep in checked[node_id][2]:
+                dependents.setdefault(dep, []).append(node_id)
+        rank = {t: i for i, t in enumerate(bad)}
+        for node_id in failing:
+            seen, todo = {node_id}, [node_id]
+            while todo:
+                for nxt in dependents.get(todo.pop(), ()):
+                    if nxt not in seen:
+                        seen.add(nxt)
+                        todo.append(nxt)
+            reached[node_id] = sorted((t for t in seen if t in rank), key=rank.__getitem__)
+    return {nid: {"errors": checked[nid][1], "dependent_outputs": reached[nid],
+                  "class_type": graph[nid]["class_type"]} for nid in failing}
+
+
+def _upstream(targets: list[str], checked: dict) -> set[str]:
+    """Every node the targets depend on (themselves included), among those that were checked."""
+    seen = set(targets)
+    todo = list(targets)
     while todo:
-        node_id = todo.pop()
-        out.append(node_id)
-        for dep in checked[node_id][2]:
+        for dep in checked[todo.pop()][2]:
             if dep not in seen and dep in checked:
                 seen.add(dep)
                 todo.append(dep)
-    return out
+    return seen

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import logging
 import os
 import signal
@@ -20,6 +21,9 @@ from pathlib import Path
 
 from aiohttp import web
 
+from ..engine.budgets import DEFAULT_MAX_BATCH, DEFAULT_MAX_PIXELS
+from ..engine.sizes import parse_size
+from ..runtime import set_threads, thread_count
 from . import openapi
 from .endpoints import Endpoint, register
 from .engine_service import EngineService
@@ -27,11 +31,11 @@ from .files import Files
 from .job_routes import JobRoutes
 from .logs import LogBuffer
 from .prompt_routes import PromptRoutes
-from .security import is_loopback, make_middlewares
+from .security import WeakToken, check_token, is_loopback, make_middlewares
 from .services import OffLoopPrompts
 from .store import Store
 from .system_routes import SystemRoutes
-from .userdata import UserData
+from .userdata import DEFAULT_QUOTA, UserData
 from .views import status_payload
 from .worker import Worker
 from .ws import Hub
@@ -56,10 +60,18 @@ class Config:
     device: str = "auto"
     token: str | None = None
     max_upload: int = 50 * MiB
-    max_pixels: int = 64 * 1024 * 1024
+    max_pixels: int = DEFAULT_MAX_PIXELS  # per upload (every frame) and per picture a node makes or loads
+    max_batch: int = DEFAULT_MAX_BATCH
+    max_bytes: int | None = None  # the largest image batch a node may declare; None: the memory available
+    user_quota: int = DEFAULT_QUOTA  # bytes in the user folder (settings, saved workflows)
     shutdown_grace: float = 10.0
+    threads: int | None = None  # torch CPU threads; None: runtime.default_threads()
     editor: bool = True
     argv: list[str] = field(default_factory=list)
+    ray: str | None = None  # "local" or a Ray cluster's address: prompts run on Ray workers (genloom.cluster)
+    workers: int = 1
+    gpus_per_worker: float = 0.0
+    cpus_per_worker: float = 1.0
 
 
 def frontend_static() -> Path | None:
@@ -77,6 +89,7 @@ class Server:
     and the file areas, and hands each group of routes only the services it works on."""
 
     def __init__(self, config: Config, engine=None):
+        check_token(config.token)
         self.config = config
         data = Path(config.data_dir)
         dirs = {kind: data / kind for kind in ("input", "output", "temp")}
@@ -88,6 +101,7 @@ class Server:
             engine = Engine(registry=build_registry(config.plugins_dirs or ()), cache=config.cache,
                             device=config.device, models_dirs=config.models_dirs, input_dir=dirs["input"],
                             output_dir=dirs["output"], temp_dir=dirs["temp"])
+        engine.options.update(max_pixels=config.max_pixels, max_batch=config.max_batch, max_bytes=config.max_bytes)
         for problem in engine.registry.problems:
             log.warning("node pack %s: %s", problem.get("source"), problem.get("message", "").strip())
         self.engine = engine
@@ -97,18 +111,25 @@ class Server:
                         len(self.store.recovered))
         self.prompts = OffLoopPrompts(self.store)  # the queue, history and jobs services of the routes
         self.hub = Hub(self.status, {"supports_preview_metadata": False, "max_upload_size": config.max_upload})
-        self.worker = Worker(engine, self.store, self.hub)
+        self.worker = Worker(engine, self.store, self.hub) if not config.ray else self._cluster(dirs)
         self.files = Files(dirs, config.max_upload, config.max_pixels)
-        self.userdata = UserData(data / "user")
+        self.userdata = UserData(data / "user", config.user_quota)
         self.logs = LogBuffer(self.hub)
+
+    def _cluster(self, dirs):
+        """The Runner over Ray workers, asked for by name: only `--ray` imports the cluster layer."""
+        self.cluster = importlib.import_module(f"{__package__.rsplit('.', 1)[0]}.cluster")
+        return self.cluster.make_runner(self.config, self.engine, self.store, self.hub, dirs)
 
     async def status(self) -> dict:
         """The websocket `status` data, read through the queue service (off the loop)."""
         return status_payload(await self.prompts.remaining())
 
     def endpoints(self) -> list[Endpoint]:
-        engine = EngineService(self.engine, self.config.device)
-        return [*PromptRoutes(self.prompts, self.prompts, self.worker, self.hub, engine).endpoints(),
+        engine, queue = EngineService(self.engine, self.config.device), self.prompts
+        if self.config.ray:  # the workers' devices in /system_stats, where prompts run in /queue
+            engine, queue = self.cluster.adapt(self.worker, engine, queue)
+        return [*PromptRoutes(queue, self.prompts, self.worker, self.hub, engine).endpoints(),
                 *JobRoutes(self.prompts, self.worker, self.hub).endpoints(),
                 *SystemRoutes(engine, self.files, self.hub.server_flags, self.config.argv).endpoints(),
                 *self.files.endpoints(), *self.hub.endpoints(), *self.userdata.endpoints(),
@@ -178,6 +199,7 @@ async def serve(server: Server, ready=None, stop: asyncio.Event | None = None) -
     finally:
         print("genloom: stopping", flush=True)
         clean = await loop.run_in_executor(None, server.worker.stop, config.shutdown_grace)
+        server.stopped_cleanly = clean
         if not clean:
             log.warning("the running prompt did not stop within %.0f s; it was marked failed",
                         config.shutdown_grace)
@@ -200,12 +222,34 @@ def parse_args(argv: list[str]) -> Config:
     p.add_argument("--token", default=os.environ.get("GENLOOM_TOKEN"),
                    help="access token (required when binding anything but loopback; env GENLOOM_TOKEN)")
     p.add_argument("--max-upload-mb", type=int, default=50, help="largest accepted upload (default 50)")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                   help=f"largest picture in pixels, every frame counted: uploads, LoadImage, empty latents "
+                        f"(default {DEFAULT_MAX_PIXELS})")
+    p.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH,
+                   help=f"largest batch a node may declare (default {DEFAULT_MAX_BATCH})")
+    p.add_argument("--max-bytes", type=parse_size, default=None,
+                   help="largest image batch a node may declare, e.g. 8GB (default: the memory available)")
+    p.add_argument("--user-quota", type=parse_size, default=DEFAULT_QUOTA,
+                   help="largest total size of the user folder: settings and saved workflows (default 1GB)")
+    p.add_argument("--shutdown-grace", type=float, default=10.0,
+                   help="seconds a running prompt gets to stop on SIGTERM/SIGINT (default 10)")
+    p.add_argument("--threads", type=thread_count, help="CPU threads for torch (default: half the cores, at most 8; "
+                   "or GENLOOM_THREADS / OMP_NUM_THREADS)")
     p.add_argument("--no-editor", action="store_true", help="serve the API only")
+    p.add_argument("--ray", metavar="local|ADDRESS", help="run prompts on Ray workers: 'local' starts Ray on "
+                   "this machine, an address joins a cluster (needs genloom[ray]; docs/scale-out.md)")
+    p.add_argument("--workers", type=int, default=1, help="Ray workers, each with its own engine (default 1)")
+    p.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs each Ray worker takes (default 0)")
+    p.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs each Ray worker takes (default 1)")
     args = p.parse_args(argv)
     return Config(host=args.host, port=args.port, data_dir=args.data_dir.resolve(),
                   plugins_dirs=args.plugins_dir, models_dirs=args.models_dir, cache=args.cache,
                   device=args.device, token=args.token or None, max_upload=args.max_upload_mb * MiB,
-                  editor=not args.no_editor, argv=["genloom", "serve", *argv])
+                  editor=not args.no_editor, threads=args.threads, max_pixels=args.max_pixels,
+                  max_batch=args.max_batch, max_bytes=args.max_bytes, user_quota=args.user_quota, shutdown_grace=args.shutdown_grace,
+                  argv=["genloom", "serve", *argv],
+                  ray=args.ray, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
+                  cpus_per_worker=args.cpus_per_worker)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -217,7 +261,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"genloom serve: binding {config.host} exposes the server to the network; "
               "give an access token with --token (or GENLOOM_TOKEN)", file=sys.stderr)
         return 2
+    try:
+        check_token(config.token)
+    except WeakToken as exc:
+        print(f"genloom serve: {exc}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log.info("torch CPU threads: %d", set_threads(config.threads))
     try:
         server = Server(config)
     except Exception as exc:  # noqa: BLE001 - a clear message instead of a traceback at startup
@@ -228,6 +278,14 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"genloom serve: {exc}", file=sys.stderr)
         return 1
+    if not getattr(server, "stopped_cleanly", True):
+        # A node that never checks for interrupts still runs on the worker thread; letting the
+        # interpreter finalise under it aborts the process (status -6). Its prompt is marked and the
+        # store closed, so leave at once, with success.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
 
 

@@ -14,11 +14,10 @@ import mimetypes
 import os
 from pathlib import Path
 
-from aiohttp import web
+from aiohttp import ClientPayloadError, web
 
-from ..engine.folders import UnsafePath, safe_join
 from .endpoints import Endpoint
-from .errors import BadRequest
+from .errors import BadRequest, json_response, safe_path
 from .schemas import UploadForm, UploadResult, ViewQuery, parse, parse_query
 
 IMAGE_FORMATS = {"PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF"}
@@ -50,10 +49,7 @@ class Files:
         base = self.folder(kind, default)
         if not filename:
             raise BadRequest("filename is required", "invalid_filename")
-        try:
-            path = safe_join(base, subfolder or "", filename)
-        except UnsafePath as exc:
-            raise BadRequest(str(exc), "invalid_path", 403) from None
+        path = safe_path(base, subfolder or "", filename)
         unresolved = Path(base).resolve().joinpath(*(p for p in (subfolder, filename) if p))
         for part in [unresolved, *unresolved.parents]:
             if part == Path(base).resolve():
@@ -71,7 +67,7 @@ class Files:
         if not path.is_file():
             raise web.HTTPNotFound(text=f"file not found: {q.filename}")
         preview, channel = q.preview, q.channel
-        if not preview and channel in (None, "rgba"):
+        if preview is None and channel in (None, "rgba"):
             ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
             return web.FileResponse(path, headers={"Content-Type": ctype, "Cache-Control": "no-cache"})
         body, ctype = await asyncio.get_running_loop().run_in_executor(None, _transform, path, preview, channel)
@@ -89,22 +85,14 @@ class Files:
             raise BadRequest("upload as multipart/form-data with an 'image' field", "invalid_upload")
         if request.content_length is not None and request.content_length > self.max_upload + _FORM_SLACK:
             raise BadRequest(f"upload too large (limit {self.max_upload} bytes)", "upload_too_large", 413)
-        fields, data, name, parts = {}, None, None, 0
-        reader = await request.multipart()
-        async for part in reader:
-            parts += 1
-            if parts > _MAX_PARTS:
-                raise BadRequest(f"too many form fields (limit {_MAX_PARTS})", "invalid_upload")
-            if part.name == "image":
-                name = part.filename or ""
-                data = await _read_limited(part, self.max_upload)
-            elif part.name in _FORM_FIELDS:
-                fields[part.name] = (await _read_limited(part, 64 * 1024)).decode("utf-8", "replace")
-            else:
-                await part.release()
+        try:
+            fields, data, name = await self._read_form(request)
+        except (ValueError, AssertionError, EOFError, asyncio.IncompleteReadError, ClientPayloadError) as exc:
+            raise BadRequest(f"malformed multipart body: {exc or type(exc).__name__}", "invalid_upload") from None
         if data is None:
             raise BadRequest("no 'image' field in the upload", "invalid_upload")
-        if not name or "/" in name or "\\" in name or name in (".", "..") or "\x00" in name:
+        if not name or "/" in name or "\\" in name or name in (".", "..") or "\x00" in name \
+                or not name.isprintable():
             raise BadRequest(f"invalid file name {name!r}", "invalid_filename")
         form = parse(UploadForm, fields)
         loop = asyncio.get_running_loop()
@@ -118,24 +106,44 @@ class Files:
             tmp = path.with_name(f".{path.name}.part")
             tmp.write_bytes(data)
             os.replace(tmp, path)
-        return web.json_response({"name": path.name, "subfolder": form.subfolder, "type": form.type})
+        return json_response({"name": path.name, "subfolder": form.subfolder, "type": form.type})
+
+    async def _read_form(self, request: web.Request) -> tuple[dict, bytes | None, str | None]:
+        fields, data, name, parts = {}, None, None, 0
+        reader = await request.multipart()
+        async for part in reader:
+            parts += 1
+            if parts > _MAX_PARTS:
+                raise BadRequest(f"too many form fields (limit {_MAX_PARTS})", "invalid_upload")
+            if part.name == "image":
+                name = part.filename or ""
+                data = await _read_limited(part, self.max_upload)
+            elif part.name in _FORM_FIELDS:
+                fields[part.name] = (await _read_limited(part, 64 * 1024)).decode("utf-8", "replace")
+            else:
+                await part.release()
+        return fields, data, name
 
     def _check_image(self, data: bytes):
-        from PIL import Image, UnidentifiedImageError
+        from PIL import Image
 
         try:
             image = Image.open(io.BytesIO(data))
             if image.format not in IMAGE_FORMATS:
                 raise BadRequest(f"unsupported image format {image.format}", "invalid_image")
             w, h = image.size
-            if w * h > self.max_pixels:
-                raise BadRequest(f"image too large: {w}x{h} pixels (limit {self.max_pixels})", "image_too_large", 413)
+            frames = getattr(image, "n_frames", 1)
+            if w * h * frames > self.max_pixels:
+                shown = f"{w}x{h}" + (f" x {frames} frames" if frames > 1 else "")
+                raise BadRequest(f"image too large: {shown} pixels (limit {self.max_pixels})", "image_too_large", 413)
             image.verify()
+            image = Image.open(io.BytesIO(data))
+            image.load()  # verify() reads the structure only: a file can pass it and not decode
         except BadRequest:
             raise
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        except _unreadable() as exc:
             raise BadRequest(f"not a readable image: {exc}", "invalid_image") from None
-        return Image.open(io.BytesIO(data))
+        return image
 
     def _apply_mask(self, mask_image, original_ref: str | None) -> bytes:
         """The original image with the uploaded mask's alpha as its alpha channel, as PNG."""
@@ -150,8 +158,11 @@ class Files:
         path = self.resolve(ref.get("type"), ref.get("subfolder", ""), ref.get("filename", ""), default="input")
         if not path.is_file():
             raise BadRequest(f"original image not found: {ref.get('filename')}", "not_found", 404)
-        with Image.open(path) as original:
-            out = original.convert("RGBA")
+        try:
+            with Image.open(path) as original:
+                out = original.convert("RGBA")
+        except _unreadable():
+            raise BadRequest(f"the original image {path.name} is not readable", "invalid_image") from None
         alpha = mask_image.convert("RGBA").getchannel("A").resize(out.size)
         out.putalpha(alpha)
         buf = io.BytesIO()
@@ -181,24 +192,35 @@ def _free_name(path: Path, overwrite: bool, data: bytes) -> Path:
         n += 1
 
 
-def _transform(path: Path, preview: str | None, channel: str | None) -> tuple[bytes, str]:
+def _unreadable() -> tuple:
+    """What PIL raises for a file that does not open or decode."""
+    from PIL import Image, UnidentifiedImageError
+
+    return UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError
+
+
+# The largest side each preview encoder writes.
+_MAX_SIDE = {"webp": 16383, "jpeg": 65535, "png": 2**31 - 1}
+
+
+def _transform(path: Path, preview: tuple[str, int] | None, channel: str | None) -> tuple[bytes, str]:
     """/view's preview=format;quality and channel=rgb|a|rgba options."""
     from PIL import Image
 
-    with Image.open(path) as img:
-        img.load()
+    try:
+        with Image.open(path) as img:
+            img.load()
+    except _unreadable():
+        raise BadRequest(f"{path.name} is not an image that can be converted", "invalid_image") from None
     if channel == "rgb":
         img = img.convert("RGB")
     elif channel == "a":
         alpha = img.convert("RGBA").getchannel("A")
         img = Image.merge("RGBA", (alpha, alpha, alpha, alpha))
-    fmt, quality = "png", 90
-    if preview:
-        fmt, _, q = preview.partition(";")
-        fmt = fmt.lower()
-        if fmt not in ("webp", "jpeg", "png"):
-            raise BadRequest(f"preview format must be webp, jpeg or png, not {fmt!r}", "invalid_preview")
-        quality = int(q) if q.isdigit() else 90
+    fmt, quality = preview or ("png", 90)
+    if max(img.size) > _MAX_SIDE[fmt]:
+        raise BadRequest(f"{img.width}x{img.height} is beyond what a {fmt} preview can hold "
+                         f"({_MAX_SIDE[fmt]} pixels a side); ask for png", "invalid_preview")
     if fmt == "jpeg":
         img = img.convert("RGB")
     buf = io.BytesIO()

@@ -6,10 +6,8 @@ A job is a prompt in any state; the routes get the jobs service (async), the wor
 
 from __future__ import annotations
 
-from aiohttp import web
-
 from .endpoints import Endpoint
-from .errors import NotFound
+from .errors import NotFound, json_response
 from .schemas import (CancelJobsBody, ErrorResponse, JobCancelled, JobDetail, JobsCancelled, JobsPage, JobsQuery,
                       parse, parse_query)
 from .security import read_json
@@ -35,14 +33,14 @@ class JobRoutes:
         """One page of jobs, newest first unless told otherwise."""
         q = parse_query(JobsQuery, request.query)
         records, total = await self.jobs.jobs(q.status, q.sort_by, q.sort_order == "desc", q.limit, q.offset)
-        return web.json_response(jobs_page(records, total, q.limit, q.offset))
+        return json_response(jobs_page(records, total, q.limit, q.offset))
 
     async def get_job(self, request):
         """A job with its workflow, outputs and status messages."""
         record = await self.jobs.get(request.match_info["job_id"])
         if record is None:
             raise NotFound("job not found")
-        return web.json_response(job_detail(record))
+        return json_response(job_detail(record))
 
     async def _cancel(self, job_id: str) -> bool:
         return await self.jobs.cancel_pending(job_id) or self.runner.interrupt(job_id)
@@ -54,7 +52,7 @@ class JobRoutes:
             raise NotFound("job not found")
         cancelled = await self._cancel(job_id)
         await self.hub.broadcast_status()
-        return web.json_response({"id": job_id, "cancelled": cancelled})
+        return json_response({"id": job_id, "cancelled": cancelled})
 
     async def cancel_jobs(self, request):
         """Cancel several jobs; answers the ones that were cancelled."""
@@ -62,4 +60,4 @@ class JobRoutes:
         ids = parse(CancelJobsBody, body if isinstance(body, dict) else {}).job_ids
         cancelled = [i for i in ids if await self._cancel(i)]
         await self.hub.broadcast_status()
-        return web.json_response({"cancelled": cancelled})
+        return json_response({"cancelled": cancelled})

@@ -13,6 +13,7 @@ import time
 from aiohttp import web
 
 from .endpoints import Endpoint
+from .errors import json_response
 from .schemas import LogsSubscribeBody, parse
 from .security import read_json
 
@@ -46,11 +47,11 @@ class LogBuffer(logging.Handler):
 
     async def get_text(self, request):
         """The recent log lines as one text."""
-        return web.json_response("".join(e["m"] for e in self.entries))
+        return json_response("".join(e["m"] for e in self.entries))
 
     async def get_raw(self, request):
         """The recent log lines as entries {t, m}."""
-        return web.json_response({"entries": list(self.entries), "size": _SIZE})
+        return json_response({"entries": list(self.entries), "size": _SIZE})
 
     async def subscribe(self, request):
         """Start or stop sending new log lines to a websocket client."""

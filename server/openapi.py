@@ -14,6 +14,7 @@ from pydantic.json_schema import models_json_schema
 
 from .. import __version__
 from .endpoints import ENDPOINTS, Endpoint
+from .errors import json_response
 from .schemas import ErrorResponse
 
 REF = "#/components/schemas/{model}"
@@ -28,7 +29,7 @@ def endpoints() -> list[Endpoint]:
         """This document."""
         if "doc" not in cache:  # the router is frozen once the app runs
             cache["doc"] = build_document(request.app)
-        return web.json_response(cache["doc"])
+        return json_response(cache["doc"])
 
     return [Endpoint("GET", "/openapi.json", openapi)]
 

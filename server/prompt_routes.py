@@ -13,10 +13,10 @@ import uuid
 
 from aiohttp import web
 
-from ..engine.errors import RequestError
+from ..engine.errors import RequestError, WorkflowError
 from .endpoints import Endpoint
 from .engine_service import EngineService
-from .errors import BadRequest
+from .errors import BadRequest, json_response
 from .schemas import (ClearOrDelete, HistoryQuery, HistoryResponse, InterruptBody, PromptAccepted, PromptBody,
                       PromptRejected, PromptStatus, QueueResponse, parse, parse_query)
 from .security import read_json
@@ -75,8 +75,12 @@ class PromptRoutes:
         prompt_id = submitted.prompt_id or uuid.uuid4().hex
         if await self.queue.exists(prompt_id):
             raise _duplicate(prompt_id)
-        validation = await asyncio.get_running_loop().run_in_executor(
-            None, self.engine.validate, prompt, submitted.partial_execution_targets or None)
+        try:
+            validation = await asyncio.get_running_loop().run_in_executor(
+                None, self.engine.validate, prompt, submitted.partial_execution_targets)
+        except WorkflowError as exc:  # not a workflow at all (an empty object, say)
+            raise RequestError(400, str(exc.error.get("message", "invalid prompt")),
+                               {"error": exc.error, "node_errors": exc.node_errors}) from None
         if validation.error:
             raise RequestError(400, str(validation.error.get("message", "invalid prompt")),
                                {"error": validation.error, "node_errors": validation.node_errors or {}})
@@ -90,16 +94,16 @@ class PromptRoutes:
             raise _duplicate(prompt_id) from None
         self.runner.wake()
         await self.hub.broadcast_status()
-        return web.json_response({"prompt_id": prompt_id, "number": number,
+        return json_response({"prompt_id": prompt_id, "number": number,
                                   "node_errors": validation.node_errors or {}})
 
     async def get_prompt(self, request):
         """How many prompts are pending or running."""
-        return web.json_response(status_payload(await self.queue.remaining())["status"])
+        return json_response(status_payload(await self.queue.remaining())["status"])
 
     async def get_queue(self, request):
         """The running and the pending prompts, in queue order."""
-        return web.json_response(queue_view(*await self.queue.queue()))
+        return json_response(queue_view(*await self.queue.queue()))
 
     async def post_queue(self, request):
         """Remove pending prompts: {clear: true} or {delete: [ids]}."""
@@ -110,12 +114,12 @@ class PromptRoutes:
     async def get_history(self, request):
         """Finished prompts in finishing order; without offset, max_items gives the newest."""
         query = parse_query(HistoryQuery, request.query)
-        return web.json_response(history_view(await self.history.history(query.max_items, query.offset)))
+        return json_response(history_view(await self.history.history(query.max_items, query.offset)))
 
     async def get_history_one(self, request):
         """One finished prompt ({} while it is queued or unknown)."""
         record = await self.history.get(request.match_info["prompt_id"])
-        return web.json_response(history_view([record] if record and record.status in FINISHED else []))
+        return json_response(history_view([record] if record and record.status in FINISHED else []))
 
     async def post_history(self, request):
         """Forget finished prompts: {clear: true} or {delete: [ids]}."""

@@ -11,18 +11,31 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, RootModel, StringConstraints,
-                      ValidationError, WithJsonSchema)
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, RootModel,
+                      StringConstraints, ValidationError, WithJsonSchema)
 from pydantic_core import PydanticCustomError
 
 from .errors import BadRequest
 from .services import JOB_SORTS, STATUSES
 
 MAX_PROMPT_ID = 128
+MAX_COUNT = 2**62  # counts and offsets: far beyond any store, within SQLite's 64-bit integers
+
+
+def _encodable(value: str) -> str:
+    """JSON's \\ud800 escapes decode to lone surrogates, which no database or file system takes."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PydanticCustomError("lone_surrogate", "must be valid Unicode text (a lone surrogate)") from None
+    return value
+
 
 # A flag ComfyUI reads as `if body.get(name)`: any JSON value, counted by its truthiness.
 Flag = Annotated[bool, BeforeValidator(bool)]
-IdList = list[str]
+Id = Annotated[str, AfterValidator(_encodable)]
+IdList = list[Id]
+Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
 
 
 class Body(BaseModel):
@@ -87,12 +100,12 @@ class PromptBody(Body):
     expected: ClassVar[str] = "the body must be a JSON object with a 'prompt'"
     field_error_types: ClassVar[dict[str, str]] = {"prompt": "invalid_prompt"}
     prompt: Annotated[dict[str, PromptNode], BeforeValidator(_api_prompt)]
-    client_id: str | None = None
-    prompt_id: Annotated[Annotated[str, StringConstraints(max_length=MAX_PROMPT_ID)] | None,
+    client_id: Id | None = None
+    prompt_id: Annotated[Annotated[Id, StringConstraints(max_length=MAX_PROMPT_ID)] | None,
                          BeforeValidator(lambda v: v or None)] = Field(None, description="default: a new uuid")
     front: Flag = Field(False, description="queue before every pending prompt")
     extra_data: dict[str, Any] | None = None
-    partial_execution_targets: IdList | None = Field(None, description="run only these output nodes")
+    partial_execution_targets: IdList | None = Field(None, min_length=1, description="run only these output nodes")
 
 
 class ClearOrDelete(Body):
@@ -105,7 +118,7 @@ class ClearOrDelete(Body):
 
 class InterruptBody(Body):
     expected: ClassVar[str] = "expected {prompt_id?}"
-    prompt_id: str | None = Field(None, description="interrupt only if this prompt is the running one")
+    prompt_id: Id | None = Field(None, description="interrupt only if this prompt is the running one")
 
 
 class FreeBody(Body):
@@ -121,7 +134,7 @@ class CancelJobsBody(Body):
 
 class LogsSubscribeBody(Body):
     expected: ClassVar[str] = "expected {clientId, enabled}"
-    clientId: str  # noqa: N815 - the editor's spelling
+    clientId: Id  # noqa: N815 - the editor's spelling
     enabled: Flag = False
 
 
@@ -149,15 +162,15 @@ class UploadForm(Body):
     model_config = ConfigDict(extra="ignore", json_schema_extra=_add_image_part)
     error_type: ClassVar[str] = "invalid_upload"
     type: Annotated[str, BeforeValidator(lambda v: v or "input")] = "input"
-    subfolder: str = ""
+    subfolder: Id = ""
     overwrite: Annotated[bool, BeforeValidator(lambda v: str(v).lower() in ("true", "1"))] = False
     original_ref: str | None = Field(None, description="mask uploads: JSON {filename, subfolder, type}")
 
 
 class HistoryQuery(Body):
     error_type: ClassVar[str] = "invalid_query"
-    max_items: int | None = Field(None, ge=0, description="without offset: the newest max_items")
-    offset: int = Field(-1, ge=-1)
+    max_items: Count | None = Field(None, description="without offset: the newest max_items")
+    offset: int = Field(-1, ge=-1, le=MAX_COUNT)
 
 
 def _comma_list(value):
@@ -170,17 +183,36 @@ class JobsQuery(Body):
         {"type": "string", "description": f"comma-separated, of {', '.join(STATUSES)}"})] = None
     sort_by: Literal[JOB_SORTS] = "created_at"
     sort_order: Literal["asc", "desc"] = "desc"
-    limit: int | None = Field(None, ge=0)
-    offset: int = Field(0, ge=0)
+    limit: int | None = Field(None, ge=1, le=MAX_COUNT)
+    offset: Count = 0
+
+
+PREVIEW_FORMATS = ("webp", "jpeg", "png")
+
+
+def _preview(value):
+    """'format;quality' -> (format, quality); quality 1..100, 90 when left out."""
+    if value is None or isinstance(value, tuple):
+        return value
+    fmt, _, quality = str(value).partition(";")
+    fmt = fmt.strip().lower()
+    if fmt not in PREVIEW_FORMATS:
+        raise PydanticCustomError("preview_format", "the format must be one of {formats}",
+                                  {"formats": ", ".join(PREVIEW_FORMATS)})
+    quality = quality.strip()
+    if quality and not (quality.isdigit() and len(quality) <= 3 and 1 <= int(quality) <= 100):
+        raise PydanticCustomError("preview_quality", "the quality must be an integer from 1 to 100")
+    return fmt, int(quality) if quality else 90
 
 
 class ViewQuery(Body):
     error_type: ClassVar[str] = "invalid_query"
-    filename: str = ""
-    subfolder: str = ""
+    filename: Id = ""
+    subfolder: Id = ""
     type: str | None = Field(None, description="input, output (default) or temp")
-    preview: str | None = Field(None, description="format;quality, e.g. webp;90")
-    channel: str | None = Field(None, description="rgb, a or rgba (default)")
+    preview: Annotated[tuple[str, int] | None, BeforeValidator(_preview), WithJsonSchema(
+        {"type": "string", "description": "format;quality, e.g. webp;90"})] = None
+    channel: Literal["rgb", "a", "rgba"] | None = Field(None, description="rgb, a or rgba (default)")
 
 
 # --- responses ---

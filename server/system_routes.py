@@ -18,10 +18,10 @@ from .. import __version__
 from ..engine.folders import MODEL_FOLDERS
 from .endpoints import Endpoint
 from .engine_service import EngineService
-from .errors import NotFound
+from .errors import NotFound, json_response
 from .files import Files
 from .schemas import ErrorResponse, FreeBody, SystemStats, parse
-from .security import read_json
+from .security import hide_token, read_json
 
 # The ComfyUI API level genloom speaks, reported where the editor expects ComfyUI's version.
 COMFYUI_API_VERSION = "0.15.0"
@@ -54,13 +54,13 @@ class SystemRoutes:
 
     async def object_info(self, request):
         """Every node's definition (COMBO lists evaluated with this server's folders)."""
-        return web.json_response(await asyncio.get_running_loop().run_in_executor(None, self.engine.object_info))
+        return json_response(await asyncio.get_running_loop().run_in_executor(None, self.engine.object_info))
 
     async def object_info_one(self, request):
         """One node's definition ({} for an unknown class)."""
         name = request.match_info["node_class"]
         info = await asyncio.get_running_loop().run_in_executor(None, self.engine.object_info, name)
-        return web.json_response(info)
+        return json_response(info)
 
     async def free(self, request):
         """Unload models and free memory."""
@@ -73,10 +73,10 @@ class SystemRoutes:
         """System, versions and devices; argv includes --disable-api-nodes."""
         devices = await asyncio.get_running_loop().run_in_executor(None, self.engine.devices)
         total, free = _memory()
-        argv = list(self.argv)
+        argv = hide_token(self.argv)
         if "--disable-api-nodes" not in argv:
             argv.append("--disable-api-nodes")  # tells the editor not to call out to the internet
-        return web.json_response({
+        return json_response({
             "system": {"os": sys.platform, "ram_total": total, "ram_free": free,
                        "comfyui_version": COMFYUI_API_VERSION, "genloom_version": __version__,
                        "required_frontend_version": "", "installed_templates_version": "",
@@ -87,40 +87,40 @@ class SystemRoutes:
 
     async def features(self, request):
         """The server's feature flags (also the websocket's feature_flags)."""
-        return web.json_response(self.server_flags)
+        return json_response(self.server_flags)
 
     async def embeddings(self, request):
         """Embedding names, without extensions."""
         names = self.folders.list_models("embeddings")
-        return web.json_response([os.path.splitext(n)[0] for n in names])
+        return json_response([os.path.splitext(n)[0] for n in names])
 
     async def models(self, request):
         """The model folder kinds."""
-        return web.json_response(list(MODEL_FOLDERS))
+        return json_response(list(MODEL_FOLDERS))
 
     async def models_in(self, request):
         """The files of one model folder kind."""
-        return web.json_response(self.folders.list_models(_model_folder(request)))
+        return json_response(self.folders.list_models(_model_folder(request)))
 
     async def folder_paths(self, request):
         """Where each model folder kind is looked for."""
-        return web.json_response({kind: [str(d / kind) for d in self.folders.models_dirs] for kind in MODEL_FOLDERS})
+        return json_response({kind: [str(d / kind) for d in self.folders.models_dirs] for kind in MODEL_FOLDERS})
 
     async def list_files(self, request):
         """Files of the input/output/temp folder, newest first (the editor's asset browser)."""
         folder = self.files.folder(request.match_info["kind"])
         files = [p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")] if folder.is_dir() else []
         files.sort(key=lambda p: p.stat().st_mtime, reverse=True)
-        return web.json_response([p.relative_to(folder).as_posix() for p in files])
+        return json_response([p.relative_to(folder).as_posix() for p in files])
 
     async def experiment_models(self, request):
         """The model folder kinds with their folders."""
-        return web.json_response([{"name": kind, "folders": [str(d / kind) for d in self.folders.models_dirs]}
+        return json_response([{"name": kind, "folders": [str(d / kind) for d in self.folders.models_dirs]}
                                   for kind in MODEL_FOLDERS])
 
     async def experiment_models_in(self, request):
         """The files of one model folder kind, as the model library lists them."""
-        return web.json_response([{"name": n, "pathIndex": 0}
+        return json_response([{"name": n, "pathIndex": 0}
                                   for n in self.folders.list_models(_model_folder(request))])
 
 
@@ -133,7 +133,7 @@ def _model_folder(request) -> str:
 
 def _constant(value):
     async def handler(request):
-        return web.json_response(value)
+        return json_response(value)
     return handler
 
 

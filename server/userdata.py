@@ -14,19 +14,20 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
-from ..engine.folders import UnsafePath, safe_join
 from .endpoints import Endpoint
-from .errors import BadRequest, Conflict
+from .errors import BadRequest, Conflict, dumps, json_response, safe_path
 from .schemas import SettingsBody, SettingValue, parse
 from .security import read_json
 
 USER = "default"
 SETTINGS_FILE = "comfy.settings.json"
+DEFAULT_QUOTA = 1024 ** 3  # bytes per user folder
 
 
 class UserData:
-    def __init__(self, user_root: Path):
+    def __init__(self, user_root: Path, quota: int = DEFAULT_QUOTA):
         self.root = Path(user_root) / USER
+        self.quota = quota
         for folder in ("workflows", "subgraphs"):  # the editor lists these at boot
             (self.root / folder).mkdir(parents=True, exist_ok=True)
         self._settings_lock = threading.Lock()
@@ -51,16 +52,35 @@ class UserData:
         rel = unquote(rel or "")
         if not rel.strip("/"):
             raise BadRequest("a file path is required", "invalid_path")
-        try:
-            return safe_join(self.root, rel)
-        except UnsafePath as exc:
-            raise BadRequest(str(exc), "invalid_path", 403) from None
+        return safe_path(self.root, rel)
+
+    def writable(self, rel: str, size: int) -> Path:
+        """Where a write of `size` bytes to `rel` goes: never below a file (the server's settings file
+        must stay a file), never over a folder, and within the folder's quota."""
+        path = self.path(rel)
+        for parent in path.parents:
+            if parent == self.root:
+                break
+            if parent == self._settings_path() or parent.is_file():
+                raise Conflict(f"{parent.relative_to(self.root).as_posix()} is a file, not a folder", "not_a_folder")
+        if path.is_dir():
+            raise Conflict(f"{path.relative_to(self.root).as_posix()} is a folder", "is_a_folder")
+        self._check_quota(size - (path.stat().st_size if path.is_file() else 0))
+        return path
+
+    def _check_quota(self, growth: int) -> None:
+        if growth <= 0:
+            return
+        used = sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file())
+        if used + growth > self.quota:
+            raise BadRequest(f"the user folder's quota of {self.quota} bytes would be exceeded "
+                             f"({used} used, {growth} more asked)", "quota_exceeded", 413)
 
     # --- users ---
 
     async def get_users(self, request):
         """Single-user storage: {"storage": "server", "migrated": true}."""
-        return web.json_response({"storage": "server", "migrated": True})
+        return json_response({"storage": "server", "migrated": True})
 
     async def post_users(self, request):
         """Refused: genloom serves one user, "default"."""
@@ -82,15 +102,18 @@ class UserData:
         with self._settings_lock:
             settings = self.load_settings()
             settings.update(changes)
-            _atomic_write(self._settings_path(), json.dumps(settings, indent=2).encode())
+            data = dumps(settings).encode()
+            path = self._settings_path()
+            self._check_quota(len(data) - (path.stat().st_size if path.is_file() else 0))
+            _atomic_write(path, data)
 
     async def get_settings(self, request):
         """Every setting the editor stored."""
-        return web.json_response(self.load_settings())
+        return json_response(self.load_settings())
 
     async def get_setting(self, request):
         """One setting's value (null when unset)."""
-        return web.json_response(self.load_settings().get(request.match_info["id"]))
+        return json_response(self.load_settings().get(request.match_info["id"]))
 
     async def post_settings(self, request):
         """Change several settings: {id: value}."""
@@ -120,11 +143,11 @@ class UserData:
         files = sorted(p for p in (base.rglob("*") if recurse else base.iterdir())
                        if p.is_file() and not p.name.startswith("."))
         if q.get("full_info", "").lower() == "true":
-            return web.json_response([self._info(p, base) for p in files])
+            return json_response([self._info(p, base) for p in files])
         rel = [p.relative_to(base).as_posix() for p in files]
         if q.get("split", "").lower() == "true":
-            return web.json_response([[r, *r.split("/")] for r in rel])
-        return web.json_response(rel)
+            return json_response([[r, *r.split("/")] for r in rel])
+        return json_response(rel)
 
     async def list_v2(self, request):
         """The entries of ?path= (files and folders)."""
@@ -142,7 +165,7 @@ class UserData:
                 st = p.stat()
                 item.update(size=st.st_size, modified=st.st_mtime)
             out.append(item)
-        return web.json_response(out)
+        return json_response(out)
 
     async def get_file(self, request):
         """A user file (the path URL-encoded: workflows%2Fa.json)."""
@@ -153,19 +176,19 @@ class UserData:
 
     async def post_file(self, request):
         """Write a user file (409 when it exists and ?overwrite=false)."""
-        path = self.path(request.match_info["file"])
+        body = await request.read()
+        path = self.writable(request.match_info["file"], len(body))
         overwrite = request.query.get("overwrite", "true").lower() != "false"
         if path.exists() and not overwrite:
             raise Conflict("file exists")
-        body = await request.read()
         path.parent.mkdir(parents=True, exist_ok=True)
         _atomic_write(path, body)
         return self._written(request, path)
 
     def _written(self, request, path: Path):
         if request.query.get("full_info", "").lower() == "true":
-            return web.json_response(self._info(path, self.root))
-        return web.json_response(path.relative_to(self.root).as_posix())
+            return json_response(self._info(path, self.root))
+        return json_response(path.relative_to(self.root).as_posix())
 
     async def delete_file(self, request):
         """Delete a user file."""
@@ -178,9 +201,9 @@ class UserData:
     async def move_file(self, request):
         """Move a user file (409 when the destination exists and ?overwrite=false)."""
         source = self.path(request.match_info["file"])
-        dest = self.path(request.match_info["dest"])
         if not source.is_file():
             raise web.HTTPNotFound(text="file not found")
+        dest = self.writable(request.match_info["dest"], 0)
         overwrite = request.query.get("overwrite", "true").lower() != "false"
         if dest.exists() and not overwrite:
             raise Conflict("destination exists")

@@ -14,6 +14,7 @@ import threading
 import traceback
 
 from ..engine.errors import ExecutionError, Interrupted, WorkflowError
+from .errors import redact_tree
 from .services import PromptStore, now_ms
 from .views import status_payload
 from .ws import Hub, preview_frame
@@ -47,6 +48,8 @@ class _Recorder:
 
     def _on(self, event: str, data: dict) -> None:
         self.seen.add(event)
+        if event == "execution_error":
+            data = redact_tree(data)  # no absolute server paths in what clients see
         if event == "preview":
             image = data.get("image")
             if image is not None and self.hub.listening(self.sid):
@@ -73,15 +76,20 @@ class _Recorder:
             self._progress_state(event, data)
 
     def _progress_state(self, event: str, data: dict) -> None:
-        """Derive progress_state (the editor's per-node progress bars) when the engine doesn't send it."""
+        """Derive progress_state (the editor's per-node progress bars) when the engine doesn't send it.
+        Each message holds the nodes still running and the ones that just finished; a finished node is
+        then dropped, so a message costs what is in flight, not what ran before (a long chain would
+        make the events quadratic)."""
+        done = []
         if event == "executing":
-            for state in self.nodes.values():
-                if state["state"] == "running":
-                    state["state"] = "finished"
+            done = [k for k, state in self.nodes.items() if state["state"] == "running"]
+            for k in done:
+                self.nodes[k]["state"] = "finished"
             node = data.get("node")
-            if node is None:
+            if node is not None:
+                self.nodes[str(node)] = self._state(str(node), data.get("display_node", node), "running", 0, 1)
+            elif not done:
                 return
-            self.nodes[str(node)] = self._state(str(node), data.get("display_node", node), "running", 0, 1)
         elif event == "progress" and data.get("node") is not None:
             node = str(data["node"])
             state = self.nodes.setdefault(node, self._state(node, node, "running", 0, 1))
@@ -90,10 +98,13 @@ class _Recorder:
             node = str(data["node"])
             state = self.nodes.setdefault(node, self._state(node, data.get("display_node", node), "running", 1, 1))
             state["state"], state["value"] = "finished", state["max"]
+            done = [node]
         else:
             return
         self.hub.send_threadsafe(self.sid, "progress_state",
                                  {"prompt_id": self.prompt_id, "nodes": {k: dict(v) for k, v in self.nodes.items()}})
+        for k in done:
+            self.nodes.pop(k, None)
 
     def _state(self, node, display, state, value, max_):
         return {"value": value, "max": max_, "state": state, "node_id": node, "prompt_id": self.prompt_id,
@@ -210,7 +221,7 @@ class Worker:
             status = "failed"
             error = self._error_payload(row.id, str(exc), type(exc).__name__, traceback.format_exc())
             rec.send("execution_error", error)
-        self.store.finish(row.id, status, rec.outputs, rec.meta, rec.messages, error)
+        self.store.finish(row.id, status, rec.outputs, rec.meta, rec.messages, error and redact_tree(error))
         rec.finished = True  # `executing` with node null: finished, and its history is stored
         rec.send("executing", {"node": None, "display_node": None, "prompt_id": row.id})
 

@@ -19,6 +19,7 @@ from typing import Awaitable, Callable
 from aiohttp import WSMsgType, web
 
 from .endpoints import Endpoint
+from .errors import dumps
 
 log = logging.getLogger("genloom.server")
 
@@ -41,7 +42,22 @@ class Client:
         self.sid, self.ws = sid, ws
         self.outbox: asyncio.Queue = asyncio.Queue()
         self.feature_flags: dict = {}
+        self.held: list | None = []  # messages for this client until its greeting is queued
         self.task = asyncio.get_running_loop().create_task(self._drain())
+
+    def deliver(self, msg) -> None:
+        if self.held is not None:
+            self.held.append(msg)
+        else:
+            self.outbox.put_nowait(msg)
+
+    def greet(self, greeting: str) -> None:
+        """Queue the greeting, then what arrived while it was being made: the greeting stays first and
+        nothing sent meanwhile is lost."""
+        self.outbox.put_nowait(greeting)
+        for msg in self.held or ():
+            self.outbox.put_nowait(msg)
+        self.held = None
 
     async def _drain(self) -> None:
         while True:
@@ -69,7 +85,7 @@ class Hub:
     # Called on the loop thread. A prompt submitted without a client_id has no one to report to:
     # its events go to every client, as ComfyUI's do.
     def send(self, sid: str | None, event: str, data) -> None:
-        self._put(sid, json.dumps({"type": event, "data": data}, default=str))
+        self._put(sid, dumps({"type": event, "data": data}))
 
     def send_bytes(self, sid: str | None, frame: bytes) -> None:
         self._put(sid, frame)
@@ -77,11 +93,11 @@ class Hub:
     def _put(self, sid: str | None, msg) -> None:
         if not sid:
             for client in list(self.clients.values()):
-                client.outbox.put_nowait(msg)
+                client.deliver(msg)
             return
         client = self.clients.get(sid)
         if client is not None:
-            client.outbox.put_nowait(msg)
+            client.deliver(msg)
 
     def listening(self, sid: str | None) -> bool:
         """Whether anyone would receive a prompt's events (saves encoding previews for no one)."""
@@ -112,13 +128,13 @@ class Hub:
         sid = request.query.get("clientId") or ""
         if not sid or len(sid) > MAX_CLIENT_ID:
             sid = uuid.uuid4().hex
-        status = await self._status()  # before registering, so the greeting is the first message
         old = self.clients.pop(sid, None)
         if old is not None:  # the same client reconnecting: the newer socket wins
             old.outbox.put_nowait(None)
         client = Client(sid, ws)
-        self.clients[sid] = client
-        client.outbox.put_nowait(json.dumps({"type": "status", "data": {**status, "sid": sid}}))
+        self.clients[sid] = client  # registered at once: events sent while the status is read are held
+        status = await self._status()
+        client.greet(json.dumps({"type": "status", "data": {**status, "sid": sid}}))
         try:
             async for msg in ws:
                 if msg.type == WSMsgType.TEXT:
@@ -134,7 +150,7 @@ class Hub:
     def _on_text(self, client: Client, text: str) -> None:
         try:
             msg = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):
             log.debug("ignored a websocket message that is not JSON from %s", client.sid)
             return
         if isinstance(msg, dict) and msg.get("type") == "feature_flags":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import weakref
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable
@@ -153,3 +154,24 @@ class ModelOwner:
 def model_owner() -> ModelOwner:
     """The running engine's owner; outside any engine, the default context's."""
     return context.current().resources.get(RESOURCE_NAME, ModelOwner)
+
+
+@contextmanager
+def interruptible(module):
+    """While inside, every block of `module` (each member of one of its nn.ModuleLists: down/up
+    blocks, resnets, attentions, transformer blocks) checks the running prompt's interrupt flag
+    before it runs, so /interrupt lands within one block even inside a single long forward pass."""
+    import torch
+
+    ctx = context.current()
+
+    def check(_module, _args):
+        ctx.check_interrupt()
+
+    hooks = [block.register_forward_pre_hook(check) for blocks in module.modules()
+             if isinstance(blocks, torch.nn.ModuleList) for block in blocks]
+    try:
+        yield module
+    finally:
+        for hook in hooks:
+            hook.remove()

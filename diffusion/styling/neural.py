@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Callable
 
 from genloom.diffusion.models.owner import model_owner
+from genloom.engine import context
 
 
 def gram(features):
@@ -59,7 +60,9 @@ def transfer(net, content, style, iterations: int, content_weight: float, style_
     noise = torch.randn(content.shape, generator=gen).to(device) * 0.02
     picture = (content + noise).clamp(0, 1).requires_grad_(True)
     opt = torch.optim.Adam([picture], lr=learning_rate)
+    check_interrupt = context.current().check_interrupt
     for i in range(iterations):
+        check_interrupt()
         opt.zero_grad()
         total, style_loss = loss_fn(picture)
         total.backward()

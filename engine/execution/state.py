@@ -37,8 +37,10 @@ class NodeKind:
         self.is_v1 = schema.is_v1
         self.is_async = schema.is_async
         self.hidden = tuple((s.name, s.type) for s in schema.inputs if s.section == "hidden")
-        # A node told its own id may put it in its result, so equal nodes must not share one (as ComfyUI).
-        self.by_id = any(type_ == "UNIQUE_ID" for _, type_ in self.hidden)
+        # A node told its own id may put it in its result, so equal nodes must not share one; a
+        # NOT_IDEMPOTENT node is never merged with an identical twin (ComfyUI: the id joins its key;
+        # a resubmission is still served from cache, only IS_CHANGED returning NaN always re-runs).
+        self.by_id = schema.not_idempotent or any(type_ == "UNIQUE_ID" for _, type_ in self.hidden)
         # Lazy inputs only matter when the node can say which ones it needs; otherwise all are needed.
         self.check_lazy = schema.check_lazy
         self.lazy = frozenset(schema.lazy_inputs) if schema.check_lazy else frozenset()
@@ -103,5 +105,3 @@ class NodeState:
                     deps.append(value.node)
         self.deps = deps
         self.lazy = lazy  # name -> Link for lazy linked inputs, None when there are none
-        if kind.not_idempotent:
-            self.volatile = True

@@ -203,7 +203,7 @@ class Stamp(Node):
 
 
 class Dice(Node):
-    """Not idempotent: must always run."""
+    """Not idempotent: never merged with an identical twin (its id joins its key), as in ComfyUI."""
 
     not_idempotent = True
     inputs = [Int("sides", 6)]
@@ -214,13 +214,14 @@ class Dice(Node):
 
 
 class Roll(Node):
-    """Expands into a not-idempotent node: the expansion, and what follows, must always re-run."""
+    """Expands into a node that asks to always re-run (fingerprint NaN): the expansion, and what
+    follows, must always re-run."""
 
     inputs = [Int("sides", 6)]
     outputs = [Out("INT")]
 
     def run(self, sides):
-        return NodeOutput(["d", 0], expand={"d": {"class_type": "Dice", "inputs": {"sides": sides}}})
+        return NodeOutput(["d", 0], expand={"d": {"class_type": "Stamp", "inputs": {"mode": "nan"}}})
 
 
 class Double(Node):
@@ -435,9 +436,13 @@ def test_fingerprint_and_not_idempotent(engine):
         graph["s"]["inputs"]["mode"] = mode
         engine.run(graph)
         assert sorted(engine.run(graph).executed) == ["out", "s"]
+    # ComfyUI's NOT_IDEMPOTENT: an identical resubmission is served from cache (only NaN re-runs)...
     dice = {"d": n("Dice", sides=6), "a": n("Add", a=["d", 0], b=1), "out": n("Show", value=["a", 0])}
     engine.run(dice)
-    assert sorted(engine.run(dice).executed) == ["a", "d", "out"]
+    assert engine.run(dice).executed == []
+    # ...but two identical not-idempotent nodes are never merged: each runs, under its own key.
+    twins = {**dice, "d2": n("Dice", sides=6), "a2": n("Add", a=["d2", 0], b=1), "out2": n("Show", value=["a2", 0])}
+    assert sorted(engine.run(twins).executed) == ["a2", "d2", "out2"]
 
 
 def test_list_items_expand_and_block_one_by_one(engine):
@@ -452,8 +457,10 @@ def test_list_items_expand_and_block_one_by_one(engine):
 
 def test_volatile_expansion_reruns_downstream(engine):
     graph = {"r": n("Roll", sides=6), "a": n("Add", a=["r", 0], b=1), "out": n("Show", value=["a", 0])}
-    assert engine.run(graph).outputs["out"] == {"value": [7]}
-    assert sorted(engine.run(graph).executed) == ["a", "out", "r", "r.d"]
+    first = engine.run(graph).outputs["out"]["value"][0]
+    again = engine.run(graph)
+    assert sorted(again.executed) == ["a", "out", "r", "r.d"]
+    assert again.outputs["out"] == {"value": [first + 1]}  # Stamp counted one more run
 
 
 def test_failing_node_keeps_what_was_done(engine):

@@ -221,11 +221,17 @@ def test_is_changed_gets_only_the_inputs_it_accepts(engine, tmp_path):
     assert sorted(result.executed) == ["f", "out"] and result.outputs["out"]["values"] == [10]
 
 
-def test_nan_and_not_idempotent_always_rerun(engine):
-    for class_type in ("V1Always", "V1Random"):
-        graph = {"x": n(class_type, value=3), "out": save("x")}
-        engine.run(graph)
-        assert sorted(engine.run(graph).executed) == ["out", "x"], class_type
+def test_nan_always_reruns_and_not_idempotent_is_keyed_by_id(engine):
+    graph = {"x": n("V1Always", value=3), "out": save("x")}
+    engine.run(graph)
+    assert sorted(engine.run(graph).executed) == ["out", "x"]
+    # ComfyUI: NOT_IDEMPOTENT puts the node id in the cache key: a resubmission is served from cache,
+    # an identical twin under another id runs on its own.
+    graph = {"x": n("V1Random", value=3), "out": save("x")}
+    engine.run(graph)
+    assert engine.run(graph).executed == []
+    graph["y"], graph["out2"] = n("V1Random", value=3), save("y")
+    assert sorted(engine.run(graph).executed) == ["out2", "y"]
 
 
 def test_check_lazy_status(engine):

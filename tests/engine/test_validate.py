@@ -273,11 +273,11 @@ def test_dependency_cycle_named(registry):
     g["63"] = {"class_type": "Save", "inputs": {"images": ["60", 0], "filename_prefix": "c"}}
     v = validate(g, registry)
     assert v.ok and v.outputs == ["9"]
-    for node_id in ("60", "61", "62"):
-        (err,) = v.node_errors[node_id]["errors"]
-        assert err["type"] == "dependency_cycle"
-        assert "60 -> 61 -> 62 -> 60" in err["message"]
-        assert v.node_errors[node_id]["dependent_outputs"] == ["63"]
+    assert list(v.node_errors) == ["60"]  # a cycle is reported once, where the walk entered it
+    (err,) = v.node_errors["60"]["errors"]
+    assert err["type"] == "dependency_cycle"
+    assert "60 -> 61 -> 62 -> 60" in err["message"]
+    assert v.node_errors["60"]["dependent_outputs"] == ["63"]
 
 
 def chain(n):

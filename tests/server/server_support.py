@@ -76,7 +76,18 @@ class TestFail(Node):
         raise RuntimeError(f"test failure with value {value}")
 
 
-NODES = [TestSleep, TestSaveColor, TestFail]
+class TestBlock(Node):
+    """Sleeps without ever checking for an interrupt (a node that cannot be stopped)."""
+    category = "testing"
+    inputs = [Input("value", "INT"), Float("seconds", 1.0, min=0, max=600)]
+    outputs = [Out("INT")]
+
+    def run(self, value, seconds):
+        time.sleep(seconds)
+        return (value,)
+
+
+NODES = [TestSleep, TestSaveColor, TestFail, TestBlock]
 '''
 
 
@@ -95,6 +106,23 @@ def prompt(value=1, steps=1, delay=0.0, prefix="test", fail=False, preview=0) ->
         graph["3"] = {"class_type": "TestFail", "inputs": {"value": ["1", 0]}}
         graph["2"]["inputs"]["value"] = ["3", 0]
     return graph
+
+
+def wait_for(fn, timeout=20.0):
+    """fn()'s first true value, polled until `timeout`."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = fn()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def running_id(http):
+    """The id of the prompt a server is running, or None."""
+    running = http.get("/queue")[1]["queue_running"]
+    return running[0][1] if running else None
 
 
 def free_port() -> int:

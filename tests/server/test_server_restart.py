@@ -7,22 +7,7 @@ import time
 
 import pytest
 
-from server_support import SubprocessServer, prompt, write_plugins
-
-
-def _wait(fn, timeout=20.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = fn()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
-
-
-def _running(http):
-    running = http.get("/queue")[1]["queue_running"]
-    return running[0][1] if running else None
+from server_support import SubprocessServer, prompt, running_id as _running, wait_for as _wait, write_plugins
 
 
 def test_kill_9_then_restart_keeps_queue_and_history(tmp_path):

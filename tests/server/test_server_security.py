@@ -121,17 +121,17 @@ def test_oversized_and_malformed_bodies(srv):
 
 
 def test_token_is_required_when_set(tmp_path):
-    server = InProcessServer(tmp_path / "data", write_plugins(tmp_path / "plugins"), token="s3cret-token")
+    server = InProcessServer(tmp_path / "data", write_plugins(tmp_path / "plugins"), token="s3cret-token-long-enough")
     try:
         status, body = server.http.get("/queue")
         assert status == 401 and "token" in body["error"]["message"]
         assert server.http.get("/queue", headers={"Authorization": "Bearer wrong"})[0] == 401
-        assert Http(server.base, {"Authorization": "Bearer s3cret-token"}).get("/queue")[0] == 200
+        assert Http(server.base, {"Authorization": "Bearer s3cret-token-long-enough"}).get("/queue")[0] == 200
         import urllib.request
 
-        with urllib.request.urlopen(server.base + "/api/queue?token=s3cret-token") as resp:
-            assert "genloom_token=s3cret-token" in resp.headers["Set-Cookie"]
-        assert server.http.get("/queue", headers={"Cookie": "genloom_token=s3cret-token"})[0] == 200
+        with urllib.request.urlopen(server.base + "/api/queue?token=s3cret-token-long-enough") as resp:
+            assert "genloom_token=s3cret-token-long-enough" in resp.headers["Set-Cookie"]
+        assert server.http.get("/queue", headers={"Cookie": "genloom_token=s3cret-token-long-enough"})[0] == 200
     finally:
         server.stop()
 
