@@ -11,6 +11,8 @@ import json
 import sys
 from pathlib import Path
 
+from .runtime import thread_count
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
@@ -41,9 +43,19 @@ def build_parser() -> argparse.ArgumentParser:
                           "(repeatable). The saved editor layout is dropped when the graph is changed.")
     run.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     run.add_argument("--cache", default="default", help="cache policy (default: 'default')")
+    run.add_argument("--threads", type=thread_count, help="CPU threads for torch (default: half the cores, at "
+                     "most 8; or GENLOOM_THREADS / OMP_NUM_THREADS)")
     run.add_argument("--output", dest="outputs", action="extend", nargs="+", metavar="NODE_ID",
                      help="run only what these nodes need (partial execution)")
     run.add_argument("--traceback", action="store_true", help="print the full traceback of a failing node")
+    run.add_argument("--sweep", action="append", default=[], metavar="NODE_ID.INPUT=V1,V2,...",
+                     help="run once per value (repeatable: the cartesian product of all sweeps)")
+    run.add_argument("--inputs", type=Path, metavar="DIR", help="run once per file of DIR (with --bind)")
+    run.add_argument("--bind", metavar="NODE_ID.INPUT", help="the input that takes each --inputs file's name")
+    run.add_argument("--ray", metavar="local|ADDRESS", help="spread the runs over Ray workers (genloom[ray])")
+    run.add_argument("--workers", type=thread_count, default=1, help="Ray workers (default 1)")
+    run.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs each Ray worker takes")
+    run.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs each Ray worker takes")
     run.set_defaults(handler=cmd_run)
 
     val = sub.add_parser("validate", help="check a workflow without running it",
@@ -261,14 +273,20 @@ def cmd_nodes(args) -> int:
     return EXIT_OK
 
 
+
+
 def cmd_run(args) -> int:
     import genloom
-    from .runtime import Engine
+    from .runtime import Engine, set_threads
 
+    set_threads(args.threads)
     engine = Engine(registry=_registry(args), cache=args.cache, device=args.device,
-                    models_dirs=args.models_dir or None, input_dir=args.input_dir, output_dir=args.output_dir)
+                    models_dirs=args.models_dir or None, input_dir=args.inputs or args.input_dir,
+                    output_dir=args.output_dir)
     workflow = _load(args.workflow, engine.registry)
     _apply_overrides(workflow, args.overrides, engine.registry)
+    if args.sweep or args.inputs or args.ray:
+        return _run_many(args, engine, workflow)
 
     checked = engine.validate(workflow, args.outputs)
     if checked.node_errors and checked.ok:
@@ -299,6 +317,52 @@ def cmd_run(args) -> int:
         _print_execution_error(payload, args.traceback)
     print(f"done: {len(result.executed)} nodes executed, {len(result.cached)} from cache", file=sys.stderr)
     return EXIT_FAILED if result.errors else EXIT_OK
+
+
+def _run_many(args, engine, workflow) -> int:
+    """--sweep / --inputs (and --ray): one run per combination, one progress bar."""
+    import copy
+    import importlib.util
+
+    from tqdm import tqdm
+
+    from .cluster import sweep
+
+    try:
+        axes = [sweep.parse_sweep(s) for s in args.sweep]
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if (args.inputs is None) != (args.bind is None):
+        raise UsageError("--inputs DIR and --bind NODE_ID.INPUT go together")
+    if args.ray and importlib.util.find_spec("ray") is None:
+        raise UsageError("--ray needs Ray: pip install 'genloom[ray]'")
+    if args.inputs is not None:
+        axes.append((args.bind, sweep.folder_files(args.inputs)))
+    runs = []
+    for overrides in sweep.combinations(axes):
+        variant = copy.deepcopy(workflow)
+        _apply_overrides(variant, overrides, engine.registry)
+        runs.append((" ".join(overrides) or "run", variant.graph))
+    extra = {"extra_pnginfo": {"workflow": workflow.layout}} if workflow.layout else None
+    with tqdm(total=len(runs), desc="runs", unit="run") as bar:
+        if args.ray:
+            from .cluster.workers import ClusterConfig
+
+            cluster = ClusterConfig(address=args.ray, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
+                                    cpus_per_worker=args.cpus_per_worker, plugins_dirs=args.plugins_dir,
+                                    models_dirs=args.models_dir or None, cache=args.cache, device=args.device)
+            outcomes = sweep.run_ray(cluster, runs, _output_dirs(engine), extra, bar)
+        else:
+            outcomes = sweep.run_local(engine, runs, extra, bar)
+    failed = 0
+    for outcome in outcomes:
+        print(f"[{outcome.label}]")
+        _print_outputs(outcome.outputs, engine)
+        if outcome.error:
+            failed += 1
+            _print_execution_error(outcome.error, args.traceback)
+    print(f"done: {len(outcomes) - failed} of {len(outcomes)} runs succeeded", file=sys.stderr)
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 def _print_execution_error(payload: dict, full_traceback: bool) -> None:

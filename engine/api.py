@@ -162,6 +162,29 @@ class Engine:
                                         + execution.served),
                          node_errors=validation.node_errors, errors=execution.errors)
 
+    def plan_keys(self, workflow, outputs: list[str] | None = None) -> dict[str, str]:
+        """The cache key each node of a run would have, without running anything (volatile nodes and
+        nodes whose key only a run can know are left out). A cluster sends a prompt to the worker
+        whose cache holds most of these keys."""
+        wf = self.load(workflow)
+        validation = self._checked(wf.graph, outputs)
+        if validation.error is not None:
+            raise WorkflowError(validation.error, validation.node_errors)
+        ctx = context.RunContext(device_choice=self.device, folders=self.folders, options=self.options,
+                                 resources=self.resources)
+        execution = Execution(self.registry, make_cache("none"), ctx, None, wf.graph, None, self._kinds)
+        token = context.use(ctx)
+        try:
+            execution.plan(validation)
+        finally:
+            context.reset(token)
+        return {node.id: node.ckey for node in execution.nodes.values()
+                if node.ckey is not None and not node.volatile}
+
+    def cache_keys(self) -> set:
+        """The keys of the results this engine's cache holds now."""
+        return set(getattr(self.cache, "entries", ()))
+
     # ---- control ------------------------------------------------------------------------------
     def interrupt(self) -> None:
         """Stop the run in progress (thread-safe); completed nodes stay cached."""

@@ -1,0 +1,88 @@
+"""Connecting to Ray and starting the worker actors (the only module that names Ray's API for that).
+
+`local` starts a private Ray instance on this machine; any other address joins an existing cluster.
+A Ray instance that is already initialised in this process (a test's, a notebook's) is used as is
+and left running at the end.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .actor import EngineWorker
+
+# Environment variables workers inherit from the server (on remote machines too).
+ENV_PREFIXES = ("GENLOOM_", "HF_", "TRANSFORMERS_", "DIFFUSERS_", "TORCH_", "OMP_", "MKL_")
+MAX_RESTARTS = 3  # Ray restarts a worker whose process died this many times
+
+
+@dataclass
+class ClusterConfig:
+    address: str = "local"
+    workers: int = 1
+    gpus_per_worker: float = 0.0
+    cpus_per_worker: float = 1.0
+    plugins_dirs: list = field(default_factory=list)
+    models_dirs: list | None = None
+    cache: str = "default"
+    device: str = "auto"
+
+
+def connect(config: ClusterConfig) -> bool:
+    """Make sure Ray is initialised; returns True when this call started it (and should shut it down)."""
+    try:
+        import ray
+    except ImportError:
+        raise RuntimeError("--ray needs Ray: pip install 'genloom[ray]'") from None
+
+    if ray.is_initialized():
+        return False
+    if config.address == "local":
+        ray.init(num_cpus=max(1, int(round(config.workers * config.cpus_per_worker))) + 1,
+                 num_gpus=int(round(config.workers * config.gpus_per_worker)) or None,
+                 include_dashboard=False, log_to_driver=False)
+    else:
+        ray.init(address=config.address, log_to_driver=False)
+    return True
+
+
+def pack_folder(folder: Path) -> dict[str, bytes]:
+    """A plugins folder as {relative path: bytes}, caches left out."""
+    folder = Path(folder)
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and "__pycache__" not in p.parts and not p.name.endswith(".pyc")}
+
+
+def worker_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIXES)}
+
+
+def start_workers(config: ClusterConfig, prefix: str = "genloom-worker") -> list[tuple[str, object]]:
+    """Start `config.workers` actors; returns (name, actor handle) pairs (they may still be starting)."""
+    import ray
+
+    device = "cuda" if config.gpus_per_worker else config.device
+    remote = ray.remote(num_cpus=config.cpus_per_worker, num_gpus=config.gpus_per_worker or 0,
+                        max_restarts=MAX_RESTARTS, max_task_retries=0, max_concurrency=4)(EngineWorker)
+    plugins = {i: pack_folder(d) for i, d in enumerate(config.plugins_dirs or ())}
+    env = worker_env()
+    models = [str(d) for d in config.models_dirs] if config.models_dirs else None
+    out = []
+    for i in range(config.workers):
+        name = f"{prefix}-{i}"
+        out.append((name, remote.remote(name, plugins, models, config.cache, device, env)))
+    return out
+
+
+def stop_workers(actors: list, owned: bool) -> None:
+    import ray
+
+    for _, actor in actors:
+        try:
+            ray.kill(actor, no_restart=True)
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+    if owned:
+        ray.shutdown()
