@@ -7,10 +7,11 @@ STAMP := $(VENV)/.genloom-installed
 
 .PHONY: install run test browser bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[editor,test]'
+	$(PY) -m pip install -q --no-deps 'k-diffusion==0.1.1.post1'  # the samplers' reference (tests only)
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -4,11 +4,21 @@ functions that need them, so `genloom validate` and `genloom nodes` stay fast.""
 
 PACKS = [
     "genloom.nodes.primitives",
+    "genloom.nodes.text",
+    "genloom.nodes.logic",
     "genloom.nodes.loaders",
     "genloom.nodes.conditioning",
     "genloom.nodes.ksampler",
+    "genloom.nodes.custom_sampling",
+    "genloom.nodes.model_sampling",
     "genloom.nodes.latent",
     "genloom.nodes.image",
+    "genloom.nodes.image_edit",
+    "genloom.nodes.image_compose",
+    "genloom.nodes.image_resize",
+    "genloom.nodes.image_save",
     "genloom.nodes.upscale",
     "genloom.nodes.style_transfer",
+    "genloom.nodes.masks",
+    "genloom.nodes.latent_ops",
 ]
