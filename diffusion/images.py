@@ -98,8 +98,13 @@ def to_uint8(image):
 
 
 def _target(folder: Path, prefix: str, images, kind: str) -> tuple[Path, str, str]:
-    """(folder to write in, subfolder, file name stem) for a prefix; raises UnsafePath on escapes."""
-    prefix = _expand_prefix(prefix, images).replace("\\", "/")
+    return save_target(folder, _expand_prefix(prefix, images), kind)
+
+
+def save_target(folder: Path, prefix: str, kind: str = "output") -> tuple[Path, str, str]:
+    """(folder to write in, subfolder, file name stem) for a filename prefix that may name subfolders,
+    created if needed; UnsafePath when the prefix would leave `folder`."""
+    prefix = prefix.replace("\\", "/")
     subfolder, _, name = prefix.rpartition("/")
     try:
         target = safe_join(folder, subfolder) if subfolder else Path(folder).resolve()

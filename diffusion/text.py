@@ -8,7 +8,6 @@ import json
 import re
 from pathlib import Path
 
-from genloom.engine.folders import UnsafePath, safe_join
 
 CASE_MODES = ["UPPERCASE", "lowercase", "Capitalize", "Title Case"]
 TRIM_MODES = ["Both", "Left", "Right"]
@@ -131,14 +130,9 @@ def save_text(text: str, folder: Path, prefix: str, extension: str) -> dict:
     """Write `text` as `{prefix}_{counter:05}.{extension}` under `folder` (json is pretty-printed when
     it parses) and return the UI entry. A prefix may name a subfolder; leaving `folder` raises
     UnsafePath. The counter is one past the highest already used by this prefix and extension."""
-    prefix = prefix.replace("\\", "/")
-    subfolder, _, name = prefix.rpartition("/")
-    try:
-        target = safe_join(folder, subfolder) if subfolder else Path(folder).resolve()
-        safe_join(target, name or "_")
-    except UnsafePath as exc:
-        raise UnsafePath(f"saving outside the output folder is not allowed ({exc})") from exc
-    target.mkdir(parents=True, exist_ok=True)
+    from .images import save_target
+
+    target, subfolder, name = save_target(folder, prefix, "output")
     if extension == "json":
         try:
             text_out = json.dumps(json.loads(text), indent=2, ensure_ascii=False)
