@@ -1,8 +1,9 @@
 """Scheduling: which nodes must run, in what order, and who waits for whom.
 
 Everything is explicit stacks and counters (no recursion): a node waits on a count of unfinished
-sources and is queued when it drops to zero. `_park` is the one place that bookkeeping is written.
-A mixin of `Execution`.
+sources and is queued when it drops to zero. That bookkeeping is written once, in `_require`'s loop,
+which runs once per node of a run; `_wait_for` (a lazy input asked for, an expansion's outputs) hands
+its node to the same loop. A mixin of `Execution`.
 """
 
 from __future__ import annotations
@@ -11,48 +12,46 @@ from .state import DONE, NEW, WAITING, NodeState
 
 
 class Scheduling:
-    def _park(self, node: NodeState, dep_ids, stack: list) -> None:
-        """Make `node` wait for its unfinished sources (by id); queue it at once when there are none.
-        Sources nobody has asked for yet (state NEW) go onto `stack`, for the caller to require."""
-        nodes = self.nodes
-        waiting = 0
-        for dep_id in dep_ids:
-            source = nodes[dep_id]
-            if source.state != DONE:
-                if source.waiters is None:
-                    source.waiters = [node]
-                else:
-                    source.waiters.append(node)
-                waiting += 1
-                if source.state == NEW:
-                    stack.append(source)
-        node.state = WAITING
-        node.waiting = waiting
-        if not waiting:
-            self.ready.append(node)
-
-    def _require(self, roots) -> None:
-        """Make sure `roots` get values: serve from the cache or queue them with their missing inputs."""
+    def _require(self, roots, parked: tuple | None = None) -> None:
+        """Make sure `roots` get values: serve them from the cache or queue them with their missing
+        inputs. `parked` = (node, source ids): that node waits for those sources first."""
         cache = self.cache
-        park = self._park
+        nodes = self.nodes
+        ready = self.ready
         stack = list(roots)
-        while stack:
-            node = stack.pop()
-            if node.state != NEW:
-                continue
-            if node.ckey is not None and not node.volatile and (node.lazy is None or node.key is not None):
-                entry = cache.get(node.ckey)
-                if entry is not None and (node.lazy is None or self._consumed_match(node, entry.consumed)):
-                    self._serve(node, entry)
+        while stack or parked is not None:
+            if parked is not None:
+                node, dep_ids = parked
+                parked = None
+            else:
+                node = stack.pop()
+                if node.state != NEW:
                     continue
-            park(node, node.deps, stack)
+                if node.ckey is not None and not node.volatile and (node.lazy is None or node.key is not None):
+                    entry = cache.get(node.ckey)
+                    if entry is not None and (node.lazy is None or self._consumed_match(node, entry.consumed)):
+                        self._serve(node, entry)
+                        continue
+                dep_ids = node.deps
+            waiting = 0
+            for dep_id in dep_ids:
+                source = nodes[dep_id]
+                if source.state != DONE:
+                    if source.waiters is None:
+                        source.waiters = [node]
+                    else:
+                        source.waiters.append(node)
+                    waiting += 1
+                    if source.state == NEW:
+                        stack.append(source)
+            node.state = WAITING
+            node.waiting = waiting
+            if not waiting:
+                ready.append(node)
 
     def _wait_for(self, node: NodeState, sources: list[NodeState]) -> None:
         """Park `node` until `sources` are done (they are required here)."""
-        fresh: list[NodeState] = []
-        self._park(node, [source.id for source in sources], fresh)
-        if fresh:
-            self._require(fresh)
+        self._require((), (node, [source.id for source in sources]))
 
     def _done(self, node: NodeState) -> None:
         node.state = DONE
