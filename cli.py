@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=thread_count, default=1, help="Ray workers (default 1)")
     run.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs each Ray worker takes")
     run.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs each Ray worker takes")
+    run.add_argument("--ship-code", choices=("auto", "always", "never"), default="auto",
+                     help="send genloom's code to the Ray workers (auto: when --ray is an address, not 'local')")
     run.set_defaults(handler=cmd_run)
 
     val = sub.add_parser("validate", help="check a workflow without running it",
@@ -350,7 +352,8 @@ def _run_many(args, engine, workflow) -> int:
 
             cluster = ClusterConfig(address=args.ray, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
                                     cpus_per_worker=args.cpus_per_worker, plugins_dirs=args.plugins_dir,
-                                    models_dirs=args.models_dir or None, cache=args.cache, device=args.device)
+                                    models_dirs=args.models_dir or None, cache=args.cache, device=args.device,
+                                    ship_code=args.ship_code)
             outcomes = sweep.run_ray(cluster, runs, _output_dirs(engine), extra, bar)
         else:
             outcomes = sweep.run_local(engine, runs, extra, bar)

@@ -167,6 +167,7 @@ class EngineWorker:
 
         pages = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 0
         return {"name": self.name, "pid": os.getpid(), "host": socket.gethostname(), "platform": platform.platform(),
+                "package": str(Path(__file__).resolve().parents[1]),  # where its genloom came from
                 "ram_total": pages * os.sysconf("SC_PHYS_PAGES") if pages else 0,
                 "ram_free": pages * os.sysconf("SC_AVPHYS_PAGES") if pages else 0,
                 "devices": EngineService(self.engine, self.device).devices(),
@@ -196,7 +197,15 @@ class EngineWorker:
         return self.buffer.drain(wait)
 
     def interrupt(self, prompt_id: str | None = None) -> bool:
-        return self.worker.interrupt(prompt_id)
+        if self.worker.interrupt(prompt_id):
+            return True
+        if prompt_id is None:
+            return False
+        # The dispatcher gave this prompt to us but its run has not begun on this actor's thread yet:
+        # the worker applies the interrupt when the engine starts it (Worker._on_start).
+        with self.worker._lock:
+            self.worker._interrupted_id = prompt_id
+        return True
 
     def free(self) -> None:
         self.engine.free()

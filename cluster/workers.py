@@ -2,12 +2,17 @@
 
 `local` starts a private Ray instance on this machine; any other address joins an existing cluster.
 A Ray instance that is already initialised in this process (a test's, a notebook's) is used as is
-and left running at the end.
+and left running at the end. For a cluster at an address, genloom's own code travels to the workers
+through Ray's runtime environment (`py_modules`), so its nodes need no genloom installed.
 """
 
 from __future__ import annotations
 
+import atexit
+import functools
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +21,8 @@ from .actor import EngineWorker
 # Environment variables workers inherit from the server (on remote machines too).
 ENV_PREFIXES = ("GENLOOM_", "HF_", "TRANSFORMERS_", "DIFFUSERS_", "TORCH_", "OMP_", "MKL_")
 MAX_RESTARTS = 3  # Ray restarts a worker whose process died this many times
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+DATA_DIRS = ("models",)  # package data beside the subpackages that workers read (the shipped models)
 
 
 @dataclass
@@ -28,10 +35,16 @@ class ClusterConfig:
     models_dirs: list | None = None
     cache: str = "default"
     device: str = "auto"
+    ship_code: str = "auto"
+
+    def ships_code(self) -> bool:
+        return self.ship_code == "always" or (self.ship_code == "auto" and self.address != "local")
 
 
 def connect(config: ClusterConfig) -> bool:
-    """Make sure Ray is initialised; returns True when this call started it (and should shut it down)."""
+    """Make sure Ray is initialised; returns True when this call started it (and should shut it down).
+    It ships genloom's code when `config.ships_code()`; a Ray this process already
+    initialised keeps the runtime environment it was given."""
     try:
         import ray
     except ImportError:
@@ -39,12 +52,14 @@ def connect(config: ClusterConfig) -> bool:
 
     if ray.is_initialized():
         return False
+    # Ray uploads a local folder only for the whole job, so the code ships here
+    ship = {"py_modules": [str(staged_package())]} if config.ships_code() else None
     if config.address == "local":
         ray.init(num_cpus=max(1, int(round(config.workers * config.cpus_per_worker))) + 1,
                  num_gpus=int(round(config.workers * config.gpus_per_worker)) or None,
-                 include_dashboard=False, log_to_driver=False)
+                 include_dashboard=False, log_to_driver=False, runtime_env=ship)
     else:
-        ray.init(address=config.address, log_to_driver=False)
+        ray.init(address=config.address, log_to_driver=False, runtime_env=ship)
     return True
 
 
@@ -53,6 +68,25 @@ def pack_folder(folder: Path) -> dict[str, bytes]:
     folder = Path(folder)
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*"))
             if p.is_file() and "__pycache__" not in p.parts and not p.name.endswith(".pyc")}
+
+
+@functools.cache
+def staged_package() -> Path:
+    """A copy of genloom's own package in a temporary folder named `genloom` (Ray's `py_modules` ships
+    a folder under its own name; an editable install's folder has another one): the top-level modules,
+    every subpackage with its data (diffusion/configs among them) and the shipped models; no tests,
+    tools or caches. Made once per process, removed when the process ends."""
+    folder = tempfile.mkdtemp(prefix="genloom-ship-")
+    atexit.register(shutil.rmtree, folder, True)
+    target = Path(folder) / "genloom"
+    target.mkdir()
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for entry in sorted(PACKAGE_ROOT.iterdir()):
+        if entry.is_file() and entry.suffix == ".py":
+            shutil.copy2(entry, target / entry.name)
+        elif entry.is_dir() and ((entry / "__init__.py").is_file() or entry.name in DATA_DIRS):
+            shutil.copytree(entry, target / entry.name, ignore=skip)
+    return target
 
 
 def worker_env() -> dict[str, str]:

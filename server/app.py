@@ -72,6 +72,7 @@ class Config:
     workers: int = 1
     gpus_per_worker: float = 0.0
     cpus_per_worker: float = 1.0
+    ship_code: str = "auto"  # ship genloom's code to the Ray workers: auto (when --ray is an address), always, never
 
 
 def frontend_static() -> Path | None:
@@ -241,6 +242,8 @@ def parse_args(argv: list[str]) -> Config:
     p.add_argument("--workers", type=int, default=1, help="Ray workers, each with its own engine (default 1)")
     p.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs each Ray worker takes (default 0)")
     p.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs each Ray worker takes (default 1)")
+    p.add_argument("--ship-code", choices=("auto", "always", "never"), default="auto",
+                   help="send genloom's code to the Ray workers (auto: when --ray is an address, not 'local')")
     args = p.parse_args(argv)
     return Config(host=args.host, port=args.port, data_dir=args.data_dir.resolve(),
                   plugins_dirs=args.plugins_dir, models_dirs=args.models_dir, cache=args.cache,
@@ -249,7 +252,7 @@ def parse_args(argv: list[str]) -> Config:
                   max_batch=args.max_batch, max_bytes=args.max_bytes, user_quota=args.user_quota, shutdown_grace=args.shutdown_grace,
                   argv=["genloom", "serve", *argv],
                   ray=args.ray, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
-                  cpus_per_worker=args.cpus_per_worker)
+                  cpus_per_worker=args.cpus_per_worker, ship_code=args.ship_code)
 
 
 def main(argv: list[str] | None = None) -> int:
