@@ -106,16 +106,20 @@ def _log_mid(a: float, b: float) -> float:
     return math.exp(math.log(a) + 0.5 * (math.log(b) - math.log(a)))
 
 
+def _midpoint(model, x, d, s: float, target: float):
+    """DPM-Solver-2's step from sigma `s` to `target` (Euler when the target is 0): one extra model
+    call at the log-midpoint."""
+    if target == 0:
+        return x + d * (target - s)
+    mid = _log_mid(s, target)
+    x2 = x + d * (mid - s)
+    return x + to_d(x2, mid, model(x2, mid)) * (target - s)
+
+
 def dpm_2(model, x, sigmas, ctx):
     for i in range(len(sigmas) - 1):
         s, s_next, denoised = ctx.denoise(model, x, sigmas, i)
-        d = to_d(x, s, denoised)
-        if s_next == 0:
-            x = x + d * (s_next - s)
-        else:
-            mid = _log_mid(s, s_next)
-            x2 = x + d * (mid - s)
-            x = x + to_d(x2, mid, model(x2, mid)) * (s_next - s)
+        x = _midpoint(model, x, to_d(x, s, denoised), s, s_next)
     return x
 
 
@@ -123,13 +127,8 @@ def dpm_2_ancestral(model, x, sigmas, ctx):
     for i in range(len(sigmas) - 1):
         s, s_next, denoised = ctx.denoise(model, x, sigmas, i)
         down, up = ancestral_step(s, s_next, ctx.eta)
-        d = to_d(x, s, denoised)
-        if down == 0:
-            x = x + d * (down - s)
-        else:
-            mid = _log_mid(s, down)
-            x2 = x + d * (mid - s)
-            x = x + to_d(x2, mid, model(x2, mid)) * (down - s)
+        x = _midpoint(model, x, to_d(x, s, denoised), s, down)
+        if down != 0:
             x = x + ctx.noise(s, s_next) * ctx.s_noise * up
     return x
 
