@@ -18,6 +18,9 @@ ModelHandle (MODEL)
   .time_ids(extra, height, width) -> float32 [6] tensor for SDXL from a CONDITIONING entry's dict
   .with_lora(lora, strength) -> new handle sharing the base weights
   .sampling          ModelSampling or None; .with_sampling(ms) -> a patched copy
+  .model_options     ComfyUI's model_options dict (cfg functions ...); .with_options(**kw) -> a copy
+  .cond_extras(extra, height, width) -> the network's inputs from one CONDITIONING entry's dict
+  .predict(unet, x, t, emb, extras) -> the network's output: a new family overrides these two
   .latent_format     LatentFormat or None (the family's): the sampler maps raw VAE latents in/out
   with model.use(device, dtype=None) as unet: ...   # unet on device, patches applied, pinned in VRAM
 ClipHandle (CLIP)
@@ -39,9 +42,10 @@ clear error" on CUDA OOM.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from ..errors import SamplingError
 from .encoding import encode_prompt
 from .lora import patched
 from .owner import interruptible, model_owner
@@ -62,6 +66,17 @@ class ModelHandle:
     sampling: Any = None
     # LatentFormat (genloom.diffusion.sampling.latent_formats); None: the family's (by `kind`).
     latent_format: Any = None
+    # ComfyUI's model_options: sampler_cfg_function, sampler_pre/post_cfg_function (lists), ...
+    # Never mutated: `with_options` returns a copy holding a new dict.
+    model_options: Any = field(default_factory=dict)
+
+    def with_options(self, **changes) -> "ModelHandle":
+        return replace(self, model_options={**self.model_options, **changes})
+
+    def with_post_cfg(self, fn) -> "ModelHandle":
+        """A copy with `fn` appended to the post-CFG functions (CFGNorm, CFGZeroStar, plugins)."""
+        return self.with_options(sampler_post_cfg_function=[
+            *self.model_options.get("sampler_post_cfg_function", []), fn])
 
     def with_sampling(self, sampling) -> "ModelHandle":
         """A copy sampling differently (ModelSamplingSD3 etc.); the input is never changed."""
@@ -81,6 +96,22 @@ class ModelHandle:
                              extra.get("crop_h", 0), extra.get("crop_w", 0),
                              extra.get("target_height", height), extra.get("target_width", width)],
                             dtype=torch.float32)
+
+    def cond_extras(self, extra: dict, height: int, width: int) -> dict:
+        """What the network takes from one CONDITIONING entry besides its embedding, batch-first
+        tensors (or shared objects) that guidance batches: SDXL's pooled output and time ids."""
+        if not self.needs_time_ids:
+            return {}
+        if extra.get("pooled_output") is None:
+            raise SamplingError("this SDXL-type model needs pooled text embeddings (pooled_output) "
+                                "in its conditioning")
+        return {"text_embeds": extra["pooled_output"],
+                "time_ids": self.time_ids(extra, height, width).reshape(1, -1)}
+
+    def predict(self, unet, x, t, emb, extras: dict):
+        """One call of the network on a batch (the one place the UNet is called while sampling)."""
+        added = {"added_cond_kwargs": extras} if extras else {}
+        return unet(x, t, encoder_hidden_states=emb, return_dict=False, **added)[0]
 
     def with_lora(self, lora, strength: float) -> "ModelHandle":
         if strength == 0 or not lora.has_unet:

@@ -1,6 +1,6 @@
 """The library behind ComfyUI's custom-sampling nodes: NOISE objects, SIGMAS arithmetic and
 SamplerCustom(Advanced) runs. SIGMAS is a 1-D float32 CPU tensor, SAMPLER a `sigma_loop.Sampler`,
-GUIDER a `sigma_loop.Guider`, NOISE a `Noise`."""
+GUIDER a `denoiser.Guider`, NOISE a `Noise`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 from . import latent_formats
 from .model_sampling import of_model
-from .sigma_loop import Guider, Sampler, sample_sigmas
+from .denoiser import Guider
+from .sigma_loop import Sampler, sample_sigmas
 from .sigma_schedules import calculate_sigmas
 
 

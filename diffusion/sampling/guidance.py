@@ -1,8 +1,10 @@
-"""Conditioning prepared for the UNet and classifier-free guidance.
+"""Conditioning prepared for the denoising network.
 
-CONDITIONING entries become jobs (embeddings batched for the latent, SDXL's pooled output and time
-ids, areas, masks, strength and timestep ranges); jobs that can share one UNet call are batched,
-and their predictions are averaged per side (weighted by strength, areas and masks) before guidance.
+CONDITIONING entries become jobs (embeddings batched for the latent, the model's own extra inputs
+such as SDXL's pooled output and time ids, areas, masks, strength and timestep ranges); jobs that can
+share one model call are batched, and their predictions are averaged per conditioning set (weighted
+by strength, areas and masks). The model handle says what its network takes: `cond_extras` turns a
+CONDITIONING entry's dict into tensors, `predict` makes the call; guidance itself knows no family.
 """
 
 from __future__ import annotations
@@ -17,24 +19,31 @@ from .noise import prepare_mask
 
 @dataclass
 class _Job:
-    group: int  # 0 negative, 1 positive
+    group: int  # index into the conditioning sets: 0 positive, 1 negative, then any further ones
     emb: Any  # [B, T, D] on device
-    pooled: Any  # [B, P] or None
-    time_ids: Any  # [B, 6] or None
+    extras: dict  # the model's per-conditioning inputs (pooled output, time ids, ...), batched
     area: tuple | None  # (h, w, y, x) in latent cells
     weight: Any  # float strength, or a [B,1,h,w] tensor (mask * strength)
     t_range: tuple = (0.0, 1.0)  # (start_percent, end_percent)
 
 
+def _batch_key(job: _Job) -> tuple:
+    """Jobs whose inputs have the same shapes (and share any non-tensor extra) share one call."""
+    extras = tuple(sorted((k, tuple(v.shape[1:]) if hasattr(v, "shape") else id(v))
+                          for k, v in job.extras.items()))
+    return (tuple(job.emb.shape[1:]), extras)
+
+
 @dataclass
 class Guidance:
-    """Positive and negative conditioning prepared once for a run, then asked every step."""
+    """Conditioning sets prepared once for a run, then asked for one prediction per set every step."""
 
+    model: Any
     jobs: list
-    cfg: float
-    needs_time_ids: bool
+    groups: int  # how many conditioning sets
     num_train_timesteps: int
-    batches: list = field(default_factory=list)  # (job indices) that share one UNet call
+    cfg: float = 1.0  # only for `__call__`, the combined prediction
+    batches: list = field(default_factory=list)  # (job indices) that share one model call
     sigma_ranges: list | None = None  # per job (sigma_start, sigma_end), set by `use_sigmas`
     _unet_dtype: Any = None
     _concat: dict = field(default_factory=dict)
@@ -43,28 +52,29 @@ class Guidance:
         plain: dict[tuple, list[int]] = {}
         for i, job in enumerate(self.jobs):
             if job.area is None:
-                key = (tuple(job.emb.shape[1:]), job.pooled is None)
-                plain.setdefault(key, []).append(i)
+                plain.setdefault(_batch_key(job), []).append(i)
             else:
                 self.batches.append([i])
         self.batches = list(plain.values()) + self.batches
 
     def _dtype(self, unet):
-        """The UNet's dtype, looked up once: diffusers' `.dtype` walks the modules on every call."""
+        """The network's dtype, looked up once: diffusers' `.dtype` walks the modules on every call."""
         if self._unet_dtype is None:
             self._unet_dtype = next(unet.parameters()).dtype
         return self._unet_dtype
 
     def _inputs(self, live: tuple, dtype):
-        """Concatenated conditioning for one UNet call, built once per set of jobs."""
+        """Concatenated conditioning for one model call, built once per set of jobs."""
         cached = self._concat.get(live)
         if cached is None:
             emb = _cat([self.jobs[i].emb for i in live]).to(dtype)
-            added = None
-            if self.needs_time_ids:
-                added = {"text_embeds": _cat([self.jobs[i].pooled for i in live]).to(dtype),
-                         "time_ids": _cat([self.jobs[i].time_ids for i in live]).to(dtype)}
-            cached = self._concat[live] = (emb, added)
+            extras = {}
+            for key, value in self.jobs[live[0]].extras.items():
+                if hasattr(value, "shape"):
+                    value = _cat([self.jobs[i].extras[key] for i in live])
+                    value = value.to(dtype) if value.is_floating_point() else value
+                extras[key] = value
+            cached = self._concat[live] = (emb, extras)
         return cached
 
     def use_sigmas(self, ms) -> None:
@@ -85,8 +95,8 @@ class Guidance:
         progress = 1.0 - t / max(self.num_train_timesteps - 1, 1)
         return start <= progress <= end
 
-    def __call__(self, unet, x_in, t, t_value: float, sigma: float | None = None):
-        """The guided model output for the scaled input `x_in` at timestep `t`."""
+    def predictions(self, unet, x_in, t, t_value: float, sigma: float | None = None) -> list:
+        """The model's output for each conditioning set (None where no conditioning of it is live)."""
         import torch
 
         preds: dict[int, Any] = {}
@@ -99,26 +109,28 @@ class Guidance:
             x = x_in if area is None else x_in[:, :, area[2]:area[2] + area[0], area[3]:area[3] + area[1]]
             n = len(live)
             xb = torch.cat([x] * n) if n > 1 else x
-            emb, added = self._inputs(live, dtype)
-            out = unet(xb.to(dtype), t, encoder_hidden_states=emb, return_dict=False,
-                       **({"added_cond_kwargs": added} if added is not None else {}))[0]
+            emb, extras = self._inputs(live, dtype)
+            out = self.model.predict(unet, xb.to(dtype), t, emb, extras)
             if out.dtype != torch.float32:
                 out = out.float()
             outs = out.chunk(n) if n > 1 else (out,)
             for i, o in zip(live, outs):
                 preds[i] = o
-        cond = self._combine(1, preds, x_in)
-        if self.cfg == 1.0:
+        return [self._combine(g, preds, x_in) for g in range(self.groups)]
+
+    def __call__(self, unet, x_in, t, t_value: float, sigma: float | None = None):
+        """The guided model output (uncond + cfg * (cond - uncond)) for the scaled input `x_in`."""
+        import torch
+
+        cond, uncond = (self.predictions(unet, x_in, t, t_value, sigma) + [None])[:2]
+        if self.cfg == 1.0 or uncond is None:
             return cond if cond is not None else torch.zeros_like(x_in)
-        uncond = self._combine(0, preds, x_in)
-        if uncond is None:
-            uncond = torch.zeros_like(x_in)
         if cond is None:
             return uncond
         return uncond + self.cfg * (cond - uncond)
 
     def _combine(self, group: int, preds: dict, x_in):
-        """Average the predictions of one side, weighted by strength, areas and masks."""
+        """Average the predictions of one set, weighted by strength, areas and masks."""
         import torch
 
         idx = [i for i, job in enumerate(self.jobs) if job.group == group and i in preds]
@@ -144,9 +156,9 @@ class Guidance:
                 count[region] += wgt
         covered = count > 0
         result = total / count.clamp_min(1e-8)
-        if group == 1 and not bool(covered.all()):
+        if group == 0 and not bool(covered.all()) and self.groups > 1:
             # Regions no positive conditioning reaches follow the negative prediction.
-            other = self._combine(0, preds, x_in)
+            other = self._combine(1, preds, x_in)
             if other is not None:
                 result = torch.where(covered, result, other)
         return result
@@ -159,26 +171,28 @@ def _cat(tensors):
 
 
 def prepare_guidance(model, positive, negative, cfg: float, latent_shape, device) -> Guidance:
-    """Turn CONDITIONING lists into device tensors shaped for the batch, once per run."""
+    """CFG's two sets (the negative dropped when cfg == 1, as ComfyUI skips it)."""
+    sets = [positive, None if cfg == 1.0 else negative]
+    guide = prepare_conds(model, sets, latent_shape, device)
+    guide.cfg = float(cfg)
+    return guide
+
+
+def prepare_conds(model, cond_sets: list, latent_shape, device) -> Guidance:
+    """Turn CONDITIONING lists (positive first; None: not evaluated) into device tensors shaped for
+    the batch, once per run."""
     import torch
 
     b, _c, h, w = latent_shape
     scale = int(getattr(model, "vae_scale_factor", 8) or 8)
     jobs: list[_Job] = []
-    for group, conds in ((0, negative), (1, positive)):
-        if group == 0 and cfg == 1.0:
-            continue
+    for group, conds in enumerate(cond_sets):
         for entry in conds or []:
             emb, extra = entry[0], (entry[1] if len(entry) > 1 else {}) or {}
             emb = _batch(emb.to(torch.float32), b).to(device)
-            pooled = time_ids = None
-            if model.needs_time_ids:
-                if extra.get("pooled_output") is None:
-                    raise SamplingError("this SDXL-type model needs pooled text embeddings "
-                                        "(pooled_output) in its conditioning")
-                pooled = _batch(extra["pooled_output"].to(torch.float32), b).to(device)
-                ids = model.time_ids(extra, h * scale, w * scale)
-                time_ids = ids.reshape(1, -1).repeat(b, 1).to(device)
+            extras = {k: (_batch(v.to(torch.float32) if v.is_floating_point() else v, b).to(device)
+                          if hasattr(v, "shape") else v)
+                      for k, v in model.cond_extras(extra, h * scale, w * scale).items()}
             area = _area(extra.get("area"), h, w)
             strength = float(extra.get("strength", 1.0))
             weight: Any = strength
@@ -186,10 +200,10 @@ def prepare_guidance(model, positive, negative, cfg: float, latent_shape, device
                 m = prepare_mask(extra["mask"], latent_shape, device)
                 weight = m * float(extra.get("mask_strength", 1.0)) * strength
             t_range = (float(extra.get("start_percent", 0.0)), float(extra.get("end_percent", 1.0)))
-            jobs.append(_Job(group, emb, pooled, time_ids, area, weight, t_range))
-    if not any(job.group == 1 for job in jobs):
+            jobs.append(_Job(group, emb, extras, area, weight, t_range))
+    if not any(job.group == 0 for job in jobs):
         raise SamplingError("positive conditioning is empty")
-    return Guidance(jobs, float(cfg), bool(model.needs_time_ids),
+    return Guidance(model, jobs, len(cond_sets),
                     int(model.scheduler_config.get("num_train_timesteps", 1000)))
 
 

@@ -21,7 +21,8 @@ from .noise import initial_noise, predict_x0, prepare_mask
 from .plan import make_plan
 from .preview import latent_preview
 from .schedulers import check_names
-from .sigma_loop import Guider, Sampler, sample_sigmas, unet_dtype
+from .denoiser import Guider
+from .sigma_loop import Sampler, sample_sigmas, unet_dtype
 from .sigma_schedules import calculate_sigmas
 
 
@@ -97,7 +98,7 @@ def _sample_in_sigmas(model, positive, negative, latent, *, seed, steps, cfg, sa
     import torch
 
     samples = latent["samples"]
-    want = int(getattr(model.unet.config, "in_channels", samples.shape[1]))
+    want = int(model.latent_channels)
     if samples.ndim == 4 and samples.shape[1] != want and not bool(samples.any()):
         # An empty latent with the wrong channel count is widened with zeros (ComfyUI does too).
         latent = {**latent, "samples": torch.zeros(samples.shape[0], want, *samples.shape[2:])}

@@ -4,7 +4,7 @@
                                                                 ms.timestep(sigma)), x)
 
 with classifier-free guidance on denoised: uncond + cfg * (cond - uncond); cfg == 1 skips the
-negative pass. A `Guider` holds the model and conditioning; `sample_sigmas` adds the noise for the
+negative pass. A `Guider` (denoiser.py) holds the model and conditioning; `sample_sigmas` adds the noise for the
 first sigma (ms.noise_scaling), runs a sampler from k_samplers, applies the noise mask at every
 call and undoes the noise scaling at the last sigma, so a partly denoised latent hands over
 exactly to a later run. LATENT holds raw VAE latents: the MODEL's latent format maps them into the
@@ -16,14 +16,13 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from genloom.diffusion.errors import SamplingError
 from genloom.diffusion.models.owner import model_owner
 from genloom.engine import context
 
 from . import k_samplers, latent_formats
-from .guidance import prepare_guidance
+from .denoiser import Denoiser, Guider
 from .model_sampling import of_model
 from .noise import prepare_mask
 from .preview import latent_preview
@@ -77,38 +76,12 @@ class BrownianNoise:
         return (w / math.sqrt(abs(b - a))).to(self.device)
 
 
-@dataclass
-class Guider:
-    """CFGGuider / BasicGuider: the model with its conditioning and guidance scale."""
-
-    model: Any
-    positive: list
-    negative: list | None = None
-    cfg: float = 1.0
-
-
 @dataclass(frozen=True)
 class Sampler:
     """A SAMPLER: a k_samplers name and its options (eta, s_noise, ...)."""
 
     name: str
     options: tuple = ()  # ((key, value), ...)
-
-
-def make_denoiser(guider: Guider, unet, ms, latent_shape, device):
-    import torch
-
-    cfg = float(guider.cfg)
-    guide = prepare_guidance(guider.model, guider.positive, guider.negative or [], cfg,
-                             latent_shape, device)
-    guide.use_sigmas(ms)
-
-    def denoise(x, sigma: float):
-        t = ms.timestep(torch.tensor(float(sigma)))
-        out = guide(unet, ms.calculate_input(sigma, x), t.to(device), float(t), sigma=float(sigma))
-        return ms.calculate_denoised(sigma, out.to(x.dtype), x)
-
-    return denoise
 
 
 def sample_sigmas(guider: Guider, sampler: Sampler, sigmas, latent: dict, noise, *, seed: int,
@@ -118,7 +91,7 @@ def sample_sigmas(guider: Guider, sampler: Sampler, sigmas, latent: dict, noise,
 
     samples = latent["samples"]
     model = guider.model
-    want = int(getattr(model.unet.config, "in_channels", samples.shape[1]))
+    want = int(model.latent_channels)
     if samples.ndim != 4 or samples.shape[1] != want:
         raise SamplingError(f"latent_image has shape {tuple(samples.shape)} but this model takes "
                             f"[batch, {want}, height, width] latents")
@@ -154,7 +127,8 @@ def sample_sigmas(guider: Guider, sampler: Sampler, sigmas, latent: dict, noise,
 
     def run():
         with torch.no_grad(), model.use(device, unet_dtype(device, options)) as unet:
-            denoise = make_denoiser(guider, unet, ms, tuple(latent_in.shape), device)
+            need_uncond = bool(getattr(k_samplers.SAMPLERS[sampler.name], "needs_uncond", False))
+            denoise = Denoiser(guider, unet, ms, tuple(latent_in.shape), device, need_uncond)
             if mask is not None:
                 inner = denoise
 

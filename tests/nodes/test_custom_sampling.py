@@ -188,7 +188,7 @@ def test_conditioning_nodes(models, tmp_folders):
     guide = guidance.prepare_guidance(bundle.model, late, neg, 2.0, (1, 4, 6, 6), "cpu")
     guide.use_sigmas(ms)
     cut = float(ms.sigma(torch.tensor(0.5 * 999.0)))  # percent 0.5 -> sigma, as ComfyUI
-    late_job = [i for i, j in enumerate(guide.jobs) if j.group == 1][0]
+    late_job = [i for i, j in enumerate(guide.jobs) if j.group == 0][0]
     assert not guide._live(late_job, 0.0, cut * 1.01) and guide._live(late_job, 0.0, cut * 0.99)
     (avg,) = cn.ConditioningAverage().run(pos, neg, 0.25)
     assert torch.allclose(avg[0][0], pos[0][0] * 0.25 + neg[0][0] * 0.75)

@@ -1,0 +1,107 @@
+"""The denoiser the samplers call: `denoiser(x, sigma) -> denoised`, as ComfyUI's sampling function.
+
+Each call runs the network once per batch of live conditioning (guidance.py), turns every
+conditioning set's output into a denoised estimate with the model sampling, then combines them the
+way the GUIDER says. For CFG that is ComfyUI's order, all in denoised space:
+
+    outs  = [cond_denoised, uncond_denoised]         (uncond skipped when cfg == 1)
+    outs  = pre_cfg_fn(args) for each model_options["sampler_pre_cfg_function"]
+    x0    = x - model_options["sampler_cfg_function"](args)   or   uncond + cfg * (cond - uncond)
+    x0    = post_cfg_fn(args) for each model_options["sampler_post_cfg_function"]
+
+with ComfyUI's argument dicts, so CFGNorm, CFGZeroStar, CFG++ samplers and plugins' cfg patches
+see the numbers they would see in ComfyUI. The last call's unconditional and conditional denoised
+estimates stay readable (`uncond_denoised`, `cond_denoised`) for the CFG++ samplers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from genloom.engine import context
+
+from .guidance import prepare_conds
+
+
+@dataclass
+class Guider:
+    """CFGGuider / BasicGuider: the model, its conditioning sets and how their predictions combine.
+
+    Subclasses (DualCFGGuider, ...) override `cond_sets` and `combine`."""
+
+    model: Any
+    positive: list
+    negative: list | None = None
+    cfg: float = 1.0
+
+    def cond_sets(self, need_uncond: bool = False) -> list:
+        """The conditioning sets to evaluate, positive first (None: skipped this run)."""
+        options = getattr(self.model, "model_options", {}) or {}
+        skip = self.cfg == 1.0 and not need_uncond and not options.get("disable_cfg1_optimization")
+        return [self.positive, None if skip else (self.negative or None)]
+
+    def combine(self, denoised: list, x, sigma, options: dict):
+        """One denoised estimate from each set's (cond first); None where a set was not evaluated."""
+        cond, uncond = denoised[0], denoised[1]
+        return cfg_combine(self.model, cond, uncond, self.cfg, x, sigma, options,
+                           self.positive, self.negative)
+
+
+def cfg_combine(model, cond, uncond, cfg: float, x, sigma, options: dict, cond_in=None, uncond_in=None):
+    """ComfyUI's cfg function with its sampler_cfg_function and post-CFG hooks."""
+    import torch
+
+    if uncond is None:  # not evaluated, or no negative conditioning: zeros, as ComfyUI
+        uncond = torch.zeros_like(cond)
+    fn = options.get("sampler_cfg_function")
+    if fn is not None:
+        args = {"cond": x - cond, "uncond": x - uncond, "cond_scale": cfg, "timestep": sigma,
+                "input": x, "sigma": sigma, "cond_denoised": cond, "uncond_denoised": uncond,
+                "model": model, "model_options": options}
+        result = x - fn(args)
+    elif cfg == 1.0:
+        result = cond
+    else:
+        result = uncond + (cond - uncond) * cfg
+    for post in options.get("sampler_post_cfg_function", []) or []:
+        args = {"denoised": result, "cond": cond_in, "uncond": uncond_in, "cond_scale": cfg,
+                "model": model, "uncond_denoised": uncond, "cond_denoised": cond, "sigma": sigma,
+                "model_options": options, "input": x}
+        result = post(args)
+    return result
+
+
+class Denoiser:
+    """`denoiser(x, sigma) -> denoised` over one network in use; built once per sampling run."""
+
+    def __init__(self, guider: Guider, unet, ms, latent_shape, device, need_uncond: bool = False):
+        self.guider, self.unet, self.ms = guider, unet, ms
+        self.options = dict(getattr(guider.model, "model_options", {}) or {})
+        self.guide = prepare_conds(guider.model, guider.cond_sets(need_uncond), latent_shape, device)
+        self.guide.use_sigmas(ms)
+        self.device = device
+        self.cond_denoised = self.uncond_denoised = None
+
+    def __call__(self, x, sigma: float):
+        import torch
+
+        context.current().check_interrupt()  # every model call, so a long multi-call step stops
+        ms = self.ms
+        sigma = float(sigma)
+        t = ms.timestep(torch.tensor(sigma))
+        outs = self.guide.predictions(self.unet, ms.calculate_input(sigma, x), t.to(self.device),
+                                      float(t), sigma=sigma)
+        denoised = [None if o is None else ms.calculate_denoised(sigma, o.to(x.dtype), x) for o in outs]
+        if denoised[0] is None:  # no positive conditioning live at this sigma
+            denoised[0] = torch.zeros_like(x)
+        sigmas = torch.full((x.shape[0],), sigma, device=x.device, dtype=x.dtype)
+        for fn in self.options.get("sampler_pre_cfg_function", []) or []:
+            args = {"conds": self.guider.cond_sets(), "conds_out": denoised, "cond_scale": self.guider.cfg,
+                    "timestep": sigmas, "input": x, "sigma": sigmas, "model": self.guider.model,
+                    "model_options": self.options}
+            denoised = list(fn(args))
+        self.cond_denoised = denoised[0]
+        self.uncond_denoised = denoised[1] if len(denoised) > 1 and denoised[1] is not None \
+            else denoised[0]
+        return self.guider.combine(denoised, x, sigmas, self.options)
