@@ -17,3 +17,7 @@ class SamplingError(GenloomError, ValueError):
 
 class OutOfMemory(GenloomError, RuntimeError):
     """The accelerator ran out of memory even after everything else was offloaded."""
+
+
+class VideoError(GenloomError, ValueError):
+    """A video file that does not decode, or frames that cannot be written as one."""

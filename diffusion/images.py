@@ -129,6 +129,11 @@ def _write_new(target: Path, stem: str, counter: int, ext: str, write) -> tuple[
             continue
 
 
+def write_new(target: Path, name: str, ext: str, write) -> str:
+    """A new `{name}_{counter:05}_.{ext}` in `target`, written by write(file object); its file name."""
+    return _write_new(target, name, _next_counter(target, name), ext, write)[0]
+
+
 def _with_metadata() -> bool:
     return not context.current().options.get("disable_metadata")
 
@@ -211,8 +216,7 @@ def save_animated(images, folder: Path, prefix: str, kind: str, fmt: str, fps: f
                 info.add(b"comf", f"{key}".encode("latin-1") + b"\0" + json.dumps(value).encode("latin-1"),
                          after_idat=True)
         save.update(format="PNG", pnginfo=info)
-    filename, _ = _write_new(target, name, _next_counter(target, name), fmt,
-                             lambda fh: frames[0].save(fh, **save))
+    filename = write_new(target, name, fmt, lambda fh: frames[0].save(fh, **save))
     return [{"filename": filename, "subfolder": subfolder, "type": kind}]
 
 

@@ -2,7 +2,8 @@
 
 Accepted: ComfyUI's API format, genloom's versioned envelope, ComfyUI's UI format (converted with the
 registry's schemas), `{"prompt": ...}` / `{"workflow": ...}` wrappers, and PNG files whose text chunks
-carry a workflow (as ComfyUI's SaveImage writes them).
+carry a workflow (as ComfyUI's SaveImage writes them), and MP4/WEBM files whose container tags carry
+one (as ComfyUI's SaveVideo writes them).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from .errors import WorkflowFormatError
 from .migrations import CURRENT_VERSION, MigrationError, migrate
 from .pngtext import PNG_SIGNATURE, read_png_text
 from .ui_import import UIImportError, ui_to_api
+from .videofiles import looks_like_video, read_video_tags
 
 
 @dataclass
@@ -25,7 +27,7 @@ class Workflow:
     graph: dict  # API format: id -> {"class_type", "inputs", "_meta"?}
     layout: dict | None = None  # the editor's UI workflow, when known
     metadata: dict = field(default_factory=dict)
-    format: str = "api"  # what it was read from: api | envelope | ui | png
+    format: str = "api"  # what it was read from: api | envelope | ui | png | video
 
 
 def save_workflow(workflow: Workflow) -> dict:
@@ -35,7 +37,7 @@ def save_workflow(workflow: Workflow) -> dict:
 
 
 def load_workflow(source: Any, registry=None) -> Workflow:
-    """Read a workflow from a dict, a JSON string, a .json path or a PNG path.
+    """Read a workflow from a dict, a JSON string, a .json path, a PNG or a video path.
 
     `registry` is needed only when the input is in the UI format (to know each node's widgets).
     """
@@ -67,26 +69,36 @@ def _from_path(path: Path, registry) -> Workflow:
             head = fh.read(8)
             if head == PNG_SIGNATURE:
                 return _from_png_chunks(read_png_text(path), registry, str(path))
+            if looks_like_video(head):
+                return _from_video(path, registry)
             text = (head + fh.read()).decode("utf-8-sig")
     except FileNotFoundError:
         raise WorkflowFormatError(f"workflow file not found: {path}") from None
     except IsADirectoryError:
         raise WorkflowFormatError(f"workflow path is a folder: {path}") from None
     except UnicodeDecodeError:
-        raise WorkflowFormatError(f"{path} is neither JSON text nor a PNG image") from None
+        raise WorkflowFormatError(f"{path} is neither JSON text, a PNG image nor a video") from None
     return from_data(_parse_json(text, str(path)), registry)
 
 
-def _from_png_chunks(chunks: dict, registry, where: str) -> Workflow:
+def _from_video(path: Path, registry) -> Workflow:
+    try:
+        tags = read_video_tags(path)
+    except ValueError as exc:
+        raise WorkflowFormatError(f"{path}: {exc}") from None
+    return _from_png_chunks(tags, registry, str(path), "video", "container tag")
+
+
+def _from_png_chunks(chunks: dict, registry, where: str, fmt: str = "png", what: str = "text chunk") -> Workflow:
     """ComfyUI's SaveImage convention: prefer the editor's "workflow" chunk, else the "prompt" one."""
     if chunks.get("workflow"):
-        layout = _parse_json(chunks["workflow"], f"{where}: the 'workflow' text chunk")
+        layout = _parse_json(chunks["workflow"], f"{where}: the 'workflow' {what}")
         wf = from_data(layout, registry)
     elif chunks.get("prompt"):
-        wf = from_data(_parse_json(chunks["prompt"], f"{where}: the 'prompt' text chunk"), registry)
+        wf = from_data(_parse_json(chunks["prompt"], f"{where}: the 'prompt' {what}"), registry)
     else:
-        raise WorkflowFormatError(f"{where}: the PNG carries no 'workflow' or 'prompt' text chunk")
-    wf.format = "png"
+        raise WorkflowFormatError(f"{where}: the {fmt.upper()} carries no 'workflow' or 'prompt' {what}")
+    wf.format = fmt
     return wf
 
 

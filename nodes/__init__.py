@@ -17,6 +17,7 @@ PACKS = [
     "genloom.nodes.image_compose",
     "genloom.nodes.image_resize",
     "genloom.nodes.image_save",
+    "genloom.nodes.video",
     "genloom.nodes.upscale",
     "genloom.nodes.style_transfer",
     "genloom.nodes.masks",

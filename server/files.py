@@ -1,7 +1,8 @@
 """Uploads into and downloads from the input/output/temp folders, never anywhere else.
 
 Every name and subfolder from a request goes through `safe_join`, links are refused, and an upload
-must decode as an image within the size and pixel limits before it is written. The form fields and
+must decode as an image (or a video: MP4, WEBM) within the size and pixel limits before it is written.
+/view serves files with their content type and byte ranges (browsers seek in videos with them). The form fields and
 /view's query are declared in schemas.py (UploadForm, ViewQuery).
 """
 
@@ -15,6 +16,8 @@ import os
 from pathlib import Path
 
 from aiohttp import ClientPayloadError, web
+
+from genloom.engine.videofiles import looks_like_video, probe_video
 
 from .endpoints import Endpoint
 from .errors import BadRequest, json_response, safe_path
@@ -96,9 +99,12 @@ class Files:
             raise BadRequest(f"invalid file name {name!r}", "invalid_filename")
         form = parse(UploadForm, fields)
         loop = asyncio.get_running_loop()
-        image = await loop.run_in_executor(None, self._check_image, data)
-        if mask:
-            data = await loop.run_in_executor(None, self._apply_mask, image, form.original_ref)
+        if not mask and looks_like_video(data[:16]):
+            await loop.run_in_executor(None, self._check_video, data)
+        else:
+            image = await loop.run_in_executor(None, self._check_image, data)
+            if mask:
+                data = await loop.run_in_executor(None, self._apply_mask, image, form.original_ref)
         path = self.resolve(form.type, form.subfolder, name, default="input")
         path.parent.mkdir(parents=True, exist_ok=True)
         path = _free_name(path, form.overwrite, data)
@@ -144,6 +150,18 @@ class Files:
         except _unreadable() as exc:
             raise BadRequest(f"not a readable image: {exc}", "invalid_image") from None
         return image
+
+    def _check_video(self, data: bytes) -> None:
+        """A video upload must decode, and all its frames together stay within the pixel limit (the
+        rule animated images follow), so LoadVideo can hold it."""
+        try:
+            info = probe_video(io.BytesIO(data))
+        except ValueError as exc:
+            raise BadRequest(f"not a readable video: {exc}", "invalid_video") from None
+        total = info["width"] * info["height"] * info["frames"]
+        if total > self.max_pixels:
+            raise BadRequest(f"video too large: {info['width']}x{info['height']} x {info['frames']} frames "
+                             f"is {total} pixels (limit {self.max_pixels})", "video_too_large", 413)
 
     def _apply_mask(self, mask_image, original_ref: str | None) -> bytes:
         """The original image with the uploaded mask's alpha as its alpha channel, as PNG."""

@@ -56,7 +56,7 @@ def _previews(record: PromptRecord) -> list[dict]:
 
 def _count(record: PromptRecord) -> int:
     return sum(len(v) for ui in record.outputs.values() if isinstance(ui, dict)
-               for v in ui.values() if isinstance(v, list))
+               for k, v in ui.items() if isinstance(v, list) and k != "animated")  # a flag, not items
 
 
 def _execution_error(record: PromptRecord) -> dict | None:

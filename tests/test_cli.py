@@ -236,3 +236,21 @@ def test_run_failures_exit_non_zero(env, capsys):
     assert main(["run", str(path), *args, "--set", "1.red=-5"]) == 1
     err = capsys.readouterr().err
     assert "node 1 (CliColor) input 'red': Value -5 smaller than min of 0" in err
+
+
+def test_run_a_saved_video_runs_its_workflow_again(tmp_path, capsys):
+    """SaveVideo tags the MP4 with its prompt: `genloom run clip.mp4` runs that graph once more."""
+    graph = {"1": {"class_type": "EmptyImage", "inputs": {"width": 16, "height": 16, "batch_size": 2,
+                                                          "color": 0}},
+             "2": {"class_type": "CreateVideo", "inputs": {"images": ["1", 0], "fps": 4.0}},
+             "3": {"class_type": "SaveVideo", "inputs": {"video": ["2", 0], "filename_prefix": "loop",
+                                                         "format": "auto", "codec": "auto"}}}
+    path = tmp_path / "wf.json"
+    path.write_text(json.dumps(graph))
+    out_dir = tmp_path / "out"
+    assert main(["run", str(path), "--output-dir", str(out_dir), "--device", "cpu"]) == 0
+    first = out_dir / "loop_00001_.mp4"
+    assert first.is_file()
+    capsys.readouterr()
+    assert main(["run", str(first), "--output-dir", str(out_dir), "--device", "cpu"]) == 0
+    assert (out_dir / "loop_00002_.mp4").is_file()
