@@ -11,6 +11,8 @@ PACKS = [
     "genloom.nodes.ksampler",
     "genloom.nodes.custom_sampling",
     "genloom.nodes.model_sampling",
+    "genloom.nodes.guiders",
+    "genloom.nodes.sigma_nodes",
     "genloom.nodes.latent",
     "genloom.nodes.image",
     "genloom.nodes.image_edit",

@@ -16,30 +16,44 @@ def _ms():
 
 
 class ModelSamplingDiscrete(Node):
-    """DDPM noise levels with a chosen prediction type (zsnr: rescaled to zero terminal SNR)."""
+    """DDPM noise levels of the model's own schedule with a chosen prediction type: eps,
+    v_prediction, lcm (LCM's 50-level distilled table and boundary condition), x0, img_to_img (x0
+    from the unscaled input). zsnr rescales the table to zero terminal SNR."""
 
     category = _CAT
-    # lcm and img_to_img (ComfyUI's other two) need prediction wrappers genloom does not have yet.
-    inputs = [_MODEL, Combo("sampling", ["eps", "v_prediction", "x0"]), Boolean("zsnr", False)]
+    inputs = [_MODEL, Combo("sampling", ["eps", "v_prediction", "lcm", "x0", "img_to_img"]),
+              Boolean("zsnr", False)]
     outputs = [Out("MODEL")]
 
     def run(self, model, sampling, zsnr):
-        from dataclasses import replace
-
-        base = _ms().of_model(replace(model, sampling=None))
-        table = _ms().zero_terminal_snr(base.sigmas).float() if zsnr else base.sigmas
-        return (model.with_sampling(base.with_(prediction=sampling, table="discrete", sigmas=table)),)
+        ms = _ms()
+        table = ms.of_config(model, sampling, bool(zsnr))
+        if sampling == "lcm":
+            table = ms.distilled(table)
+        return (model.with_sampling(table),)
 
 
 class ModelSamplingContinuousEDM(Node):
+    """Continuous log-spaced noise levels: v_prediction, edm (sigma_data 0.5), edm_playground_v2.5
+    (edm, and Playground v2.5's latent format), eps, cosmos_rflow."""
+
     category = _CAT
-    inputs = [_MODEL, Combo("sampling", ["v_prediction", "edm", "eps"]),
+    inputs = [_MODEL, Combo("sampling", ["v_prediction", "edm", "edm_playground_v2.5", "eps", "cosmos_rflow"]),
               Float("sigma_max", 120.0, min=0.0, max=1000.0, step=0.001, round=False),
               Float("sigma_min", 0.002, min=0.0, max=1000.0, step=0.001, round=False)]
     outputs = [Out("MODEL")]
 
     def run(self, model, sampling, sigma_max, sigma_min):
-        return (model.with_sampling(_ms().edm(sampling, sigma_min, sigma_max)),)
+        from dataclasses import replace
+
+        from genloom.diffusion.sampling import latent_formats
+
+        edm = sampling.startswith("edm")
+        patched = model.with_sampling(_ms().edm("edm" if edm else sampling, sigma_min, sigma_max,
+                                                sigma_data=0.5 if edm else 1.0))
+        if sampling == "edm_playground_v2.5":
+            patched = replace(patched, latent_format=latent_formats.PLAYGROUND_2_5)
+        return (patched,)
 
 
 class ModelSamplingSD3(Node):

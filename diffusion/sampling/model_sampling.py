@@ -5,14 +5,21 @@ rectified flow, EDM, X0), maps sigma <-> the timestep the network is given, and 
 table the schedules read. Samplers only ever see `denoised = D(x, sigma)`; everything
 model-specific is here.
 
+Predictions (what the network outputs): eps, v_prediction, edm, const (rectified flow), x0,
+img_to_img (x0 from an unscaled input), lcm (eps turned into LCM's consistency boundary
+condition) and cosmos_rflow (Cosmos' rectified flow over EDM-style sigmas).
+
 Tables:
   discrete  1000 DDPM noise levels from betas, sigma = sqrt((1 - alphas_cumprod) / alphas_cumprod);
             timestep(sigma) is the index of the nearest level (log distance), sigma(t) interpolates
             log sigma. `zsnr` rescales to a zero terminal SNR (the last level becomes huge).
+            `skip` > 1: a distilled table (LCM: every 20th level, 50 in all), timestep =
+            index * skip + skip - 1.
   flow      sigma(t) = shift * s / (1 + (shift - 1) * s), s = t / multiplier, t = 1..1000
             (SD3: multiplier 1000, AuraFlow: 1); timestep = sigma * multiplier.
   flux      sigma(t) = e^mu / (e^mu + (1/t - 1)), t = k / 10000; timestep = sigma.
   edm       1000 log-spaced levels; timestep = log(sigma) / 4.
+  cosmos    the edm levels; timestep = sigma / (sigma + 1), sigma(t) = t / (1 - t) up to sigma_max.
   cascade   Stable Cascade's cosine schedule (10000 levels), shifted in log-SNR.
 """
 
@@ -42,6 +49,7 @@ class ModelSampling:
     sigma_data: float = 1.0
     shift: float = 1.0
     multiplier: float = 1000.0
+    skip: int = 1  # discrete: table levels are every `skip`-th training timestep (distilled LCM)
 
     # ---- the table --------------------------------------------------------------------------
     @cached_property
@@ -63,11 +71,14 @@ class ModelSampling:
         sigma = torch.as_tensor(sigma, dtype=torch.float32)
         if self.table == "discrete":
             dists = sigma.log().reshape(-1)[None, :] - self.log_sigmas[:, None]
-            return dists.abs().argmin(dim=0).reshape(sigma.shape).float()
+            index = dists.abs().argmin(dim=0).reshape(sigma.shape).float()
+            return index * self.skip + (self.skip - 1) if self.skip > 1 else index
         if self.table == "flow":
             return sigma * self.multiplier
         if self.table == "edm":
             return 0.25 * sigma.log()
+        if self.table == "cosmos":
+            return sigma / (sigma + 1)
         if self.table == "cascade":
             var = (1 / (sigma * sigma + 1)).clamp(0, 1.0)
             s0 = _CASCADE_S
@@ -80,6 +91,8 @@ class ModelSampling:
         t = torch.as_tensor(timestep, dtype=torch.float32)
         if self.table == "discrete":
             log_sigmas = self.log_sigmas
+            if self.skip > 1:
+                t = (t - (self.skip - 1)) / self.skip
             t = t.clamp(0, len(self.sigmas) - 1)
             low, high, w = t.floor().long(), t.ceil().long(), t.frac()
             return ((1 - w) * log_sigmas[low] + w * log_sigmas[high]).exp()
@@ -87,6 +100,9 @@ class ModelSampling:
             return time_snr_shift(self.shift, t / self.multiplier)
         if self.table == "edm":
             return (t / 0.25).exp()
+        if self.table == "cosmos":
+            top = self.sigma_max
+            return torch.where(t >= top / (top + 1), torch.tensor(top), t / (1 - t))
         if self.table == "cascade":
             return _cascade_sigma(t, self.shift)
         return math.exp(self.shift) / (math.exp(self.shift) + (1 / t - 1))
@@ -103,7 +119,7 @@ class ModelSampling:
             return float(time_snr_shift(self.shift, rest))
         if self.table == "flux":
             return float(flux_time_shift(self.shift, rest))
-        if self.table == "edm":
+        if self.table in ("edm", "cosmos"):
             lo = math.log(self.sigma_min)
             return math.exp((math.log(self.sigma_max) - lo) * rest + lo)
         if self.table == "cascade":
@@ -112,16 +128,23 @@ class ModelSampling:
 
     # ---- the prediction -----------------------------------------------------------------------
     def calculate_input(self, sigma: float, x):
-        if self.prediction == "const":
+        if self.prediction in ("const", "img_to_img"):
             return x
+        if self.prediction == "cosmos_rflow":
+            return x * (1.0 - sigma / (sigma + 1))
         return x / (sigma * sigma + self.sigma_data ** 2) ** 0.5
 
     def calculate_denoised(self, sigma: float, out, x):
         sd2 = self.sigma_data ** 2
         if self.prediction in ("eps", "const"):
             return x - out * sigma
-        if self.prediction == "x0":
+        if self.prediction in ("x0", "img_to_img"):
             return out
+        if self.prediction == "lcm":
+            return _lcm_boundary(float(self.timestep(sigma)), x - out * sigma, x)
+        if self.prediction == "cosmos_rflow":
+            s = sigma / (sigma + 1)
+            return x * (1.0 - s) - out * s
         skip = x * sd2 / (sigma * sigma + sd2)
         scaled = out * sigma * self.sigma_data / (sigma * sigma + sd2) ** 0.5
         return skip + scaled if self.prediction == "edm" else skip - scaled
@@ -130,7 +153,7 @@ class ModelSampling:
         """The noisy latent at `sigma` (ComfyUI keeps partly denoised latents in this form)."""
         if self.prediction == "const":
             return noise * sigma + latent * (1.0 - sigma)
-        if max_denoise:
+        if max_denoise and self.prediction != "cosmos_rflow":
             return noise * math.sqrt(1.0 + sigma * sigma) + latent
         return noise * sigma + latent
 
@@ -155,6 +178,15 @@ class ModelSampling:
         return replace(self, **changes)
 
 
+def _lcm_boundary(timestep: float, x0, x):
+    """LCM's consistency parametrisation: c_out * x0 + c_skip * x, sigma_data 0.5 and the
+    timestep scaled by 10."""
+    sd2, st = 0.25, timestep * 10.0
+    c_skip = sd2 / (st * st + sd2)
+    c_out = st / (st * st + sd2) ** 0.5
+    return x0 * c_out + x * c_skip
+
+
 # ---- constructors ----------------------------------------------------------------------------
 
 def discrete(prediction: str = "eps", *, beta_schedule: str = "linear", linear_start: float = 0.00085,
@@ -176,6 +208,14 @@ def discrete(prediction: str = "eps", *, beta_schedule: str = "linear", linear_s
     if zsnr:
         sigmas = zero_terminal_snr(sigmas)
     return ModelSampling(prediction, "discrete", sigmas.float())
+
+
+def distilled(ms: ModelSampling, original_timesteps: int = 50) -> ModelSampling:
+    """The LCM table: `original_timesteps` levels of a discrete table, every skip-th from the top."""
+    n = len(ms.sigmas)
+    skip = n // original_timesteps
+    picks = [n - 1 - k * skip for k in range(original_timesteps)][::-1]
+    return ms.with_(sigmas=ms.sigmas[picks].float(), skip=skip)
 
 
 def zero_terminal_snr(sigmas):
@@ -209,7 +249,8 @@ def edm(prediction: str = "edm", sigma_min: float = 0.002, sigma_max: float = 12
     import torch
 
     sig = torch.linspace(math.log(sigma_min), math.log(sigma_max), 1000).exp()
-    return ModelSampling(prediction, "edm", sig.float(), sigma_data=sigma_data)
+    table = "cosmos" if prediction == "cosmos_rflow" else "edm"
+    return ModelSampling(prediction, table, sig.float(), sigma_data=sigma_data)
 
 
 _CASCADE_S = 8e-3
@@ -252,12 +293,20 @@ def of_model(model) -> ModelSampling:
     own = getattr(model, "sampling", None)
     if own is not None:
         return own
+    return of_config(model)
+
+
+def of_config(model, prediction: str | None = None, zsnr: bool | None = None) -> ModelSampling:
+    """The discrete table of the model's own scheduler config (ComfyUI's model_config sampling
+    settings); `prediction` / `zsnr` override what the config says."""
     cfg = dict(getattr(model, "scheduler_config", None) or {})
-    pred = {"epsilon": "eps", "v_prediction": "v_prediction", "sample": "x0"}.get(
-        cfg.get("prediction_type") or getattr(model, "prediction_type", "epsilon"), "eps")
-    return discrete(pred, beta_schedule=_DIFFUSERS_BETAS.get(cfg.get("beta_schedule", "scaled_linear"),
-                                                             "linear"),
+    if prediction is None:
+        prediction = {"epsilon": "eps", "v_prediction": "v_prediction", "sample": "x0"}.get(
+            cfg.get("prediction_type") or getattr(model, "prediction_type", "epsilon"), "eps")
+    if zsnr is None:
+        zsnr = bool(cfg.get("rescale_betas_zero_snr", False))
+    return discrete(prediction,
+                    beta_schedule=_DIFFUSERS_BETAS.get(cfg.get("beta_schedule", "scaled_linear"), "linear"),
                     linear_start=float(cfg.get("beta_start", 0.00085)),
                     linear_end=float(cfg.get("beta_end", 0.012)),
-                    timesteps=int(cfg.get("num_train_timesteps", 1000)),
-                    zsnr=bool(cfg.get("rescale_betas_zero_snr", False)))
+                    timesteps=int(cfg.get("num_train_timesteps", 1000)), zsnr=zsnr)

@@ -153,3 +153,83 @@ def calculate_sigmas(ms, scheduler: str, steps: int):
     if scheduler == "kl_optimal":
         return kl_optimal(steps, lo, hi)
     raise ValueError(f"unknown scheduler {scheduler!r}")
+
+
+# ---- table schedules (AlignYourSteps, GITS, OptimalSteps) and sigma refinement ----------------
+
+def loglinear_interp(levels, num: int):
+    """`num` levels spread over a descending list by linear interpolation of log sigma against an
+    evenly spaced position (float64, as the published recipe)."""
+    import numpy as np
+
+    rising = np.log(np.asarray(levels, dtype=np.float64)[::-1])
+    out = np.interp(np.linspace(0, 1, num), np.linspace(0, 1, len(levels)), rising)
+    return np.exp(out)[::-1].copy()
+
+
+def _from_table(levels, steps: int, denoise: float):
+    """The last round(steps * denoise) + 1 levels of a table (interpolated to steps + 1 levels
+    when it has another length), the final one set to 0."""
+    import torch
+
+    keep = steps
+    if denoise < 1.0:
+        if denoise <= 0.0:
+            return torch.zeros(0)
+        keep = round(steps * denoise)
+    levels = list(levels)
+    if len(levels) != steps + 1:
+        levels = list(loglinear_interp(levels, steps + 1))
+    levels = levels[-(keep + 1):]
+    levels[-1] = 0.0
+    return torch.tensor(levels, dtype=torch.float32)
+
+
+def align_your_steps(model_type: str, steps: int, denoise: float = 1.0):
+    from .sigma_tables import ALIGN_YOUR_STEPS
+
+    return _from_table(ALIGN_YOUR_STEPS[model_type], steps, denoise)
+
+
+def optimal_steps(model_type: str, steps: int, denoise: float = 1.0):
+    from .sigma_tables import OPTIMAL_STEPS
+
+    return _from_table(OPTIMAL_STEPS[model_type], steps, denoise)
+
+
+def gits_levels(coeff: float):
+    """GITS' rows for a coefficient (rounded to 0.01), or None when the table has none."""
+    from .sigma_tables import GITS
+
+    return GITS.get(round(float(coeff), 2))
+
+
+def gits(coeff: float, steps: int, denoise: float = 1.0):
+    """GITS' table row for `steps` (2..20); more steps interpolate its 20-step row."""
+    rows = gits_levels(coeff)
+    if rows is None:
+        raise ValueError(f"GITS has no table for coefficient {coeff}")
+    return _from_table(rows[steps - 2] if steps <= 20 else rows[-1], steps, denoise)
+
+
+def extend_intermediate(sigmas, steps: int, start_at_sigma: float, end_at_sigma: float,
+                        spacing: str = "linear"):
+    """ExtendIntermediateSigmas: `steps - 1` extra levels inside every interval whose upper sigma is
+    in [end_at_sigma, start_at_sigma] (start < 0: no upper bound), spaced linearly, or bunched
+    towards the lower (cosine) or the upper (sine) end."""
+    import torch
+
+    top = float("inf") if start_at_sigma < 0 else start_at_sigma
+    frac = torch.linspace(0, 1, steps + 1)[1:-1]
+    if spacing == "cosine":
+        frac = torch.sin(frac * math.pi / 2)
+    elif spacing == "sine":
+        frac = 1 - torch.cos(frac * math.pi / 2)
+    out = []
+    for cur, nxt in zip(sigmas[:-1], sigmas[1:]):
+        out.append(float(cur))
+        if end_at_sigma <= float(cur) <= top:
+            out.extend((frac * (nxt - cur) + cur).tolist())
+    if len(sigmas):
+        out.append(float(sigmas[-1]))
+    return torch.tensor(out, dtype=torch.float32)
