@@ -13,18 +13,21 @@
 when the node declares exactly one output and the value is not a tuple, or a `NodeOutput` carrying a UI
 payload and/or an expansion. Optional classmethods: `fingerprint(**constants)` (the node re-runs when
 the value changes), `validate(**constants)` (True or an error string); optional method
-`check_lazy(**inputs)` returning the lazy inputs still needed.
+`check_lazy(**inputs)` returning the lazy inputs still needed; optional classmethod
+`editor_values(widgets_values)` for widgets the editor's own extension adds to the node (they are not
+in its definition), returning the inputs they give when an editor file is imported.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, ClassVar
 
 from .errors import NodeInputError
-from .schema import InputSpec, NodeSchema, OutputSpec
+from .schema import PRIMITIVE_TYPES as _WIDGET_TYPES
+from .schema import Dynamic, InputSpec, NodeSchema, OutputSpec
 
 INT_MAX = 0xFFFFFFFFFFFFFFFF
 
@@ -80,6 +83,63 @@ def Input(name: str, type: str, *, tooltip: str = "", optional: bool = False, la
     if type in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"):  # a primitive socket: not a widget
         extra.setdefault("force_input", True)
     return _spec(name, type, None, optional, tooltip=tooltip, lazy=lazy, **extra)
+
+
+def Autogrow(name: str, template: InputSpec, *, prefix: str | None = None, names: list[str] | None = None,
+             min: int = 1, max: int = 10, tooltip: str = "") -> list[InputSpec]:
+    """ComfyUI's growing input (io.Autogrow): slots `{name}.{prefix}0` ... `{name}.{prefix}{max-1}`, or
+    `{name}.{n}` for each of `names`, each a copy of `template`; the first `min` are required unless the
+    template is optional. Spread it into `inputs`; `run` receives the slots by their flat names. The
+    editor grows the sockets itself: /object_info shows one COMFY_AUTOGROW_V3 entry, as ComfyUI does."""
+    slots = [f"{prefix}{i}" for i in range(max)] if names is None else list(names)
+    required = not template.optional
+    shown = replace(template, extra=dict(template.extra))
+    if shown.type in _WIDGET_TYPES:  # a grown slot is always a socket
+        shown.force_input = True
+    info: dict[str, Any] = {"template": {"input": _input_dict([shown])}}
+    info["template"].update({"prefix": prefix, "min": min, "max": max} if names is None
+                            else {"names": slots, "min": min})
+    if tooltip:
+        info["tooltip"] = tooltip
+    members = [replace(shown, name=f"{name}.{slot}", extra=dict(shown.extra), group=name,
+                       section="required" if required and i < min else "optional")
+               for i, slot in enumerate(slots)]
+    members[0].dynamic = Dynamic("COMFY_AUTOGROW_V3", name, "required", info)
+    return members
+
+
+def DynamicCombo(name: str, options: dict[str, list[InputSpec]], *, tooltip: str = "",
+                 optional: bool = False) -> list[InputSpec]:
+    """ComfyUI's combo whose choice brings its own inputs (io.DynamicCombo): the choice is `name`, an
+    option's inputs arrive as `{name}.{input}` (optional here: only the chosen option's are sent).
+    /object_info shows one COMFY_DYNAMICCOMBO_V3 entry; the editor lays the chosen option's widgets out
+    right after the combo's, which is how editor files are read back."""
+    info: dict[str, Any] = {"options": [{"key": key, "inputs": _input_dict(specs)} for key, specs in options.items()]}
+    if tooltip:
+        info["tooltip"] = tooltip
+    children = {key: [f"{name}.{spec.name}" for spec in specs] for key, specs in options.items()}
+    section = "optional" if optional else "required"
+    combo = _spec(name, "COMBO", None, optional, options=list(options), tooltip=tooltip)
+    combo.group, combo.dynamic = name, Dynamic("COMFY_DYNAMICCOMBO_V3", name, section, info, children)
+    flat: dict[str, InputSpec] = {}
+    for specs in options.values():
+        for spec in specs:
+            key = f"{name}.{spec.name}"
+            seen = flat.get(key)
+            if seen is None:
+                flat[key] = replace(spec, name=key, section="optional", extra=dict(spec.extra), group=name)
+            elif seen.type == "COMBO" and spec.type == "COMBO":  # one check takes every option's choices
+                choices = seen.combo_options()
+                seen.options = choices + [c for c in spec.combo_options() if c not in choices]
+    return [combo, *flat.values()]
+
+
+def _input_dict(specs: list[InputSpec]) -> dict:
+    """A V1 INPUT_TYPES dict of `specs` as /object_info writes one ("required" always present)."""
+    out: dict[str, dict] = {"required": {}}
+    for spec in specs:
+        out.setdefault(spec.section, {})[spec.name] = spec.export()
+    return out
 
 
 def Hidden(name: str, type: str) -> InputSpec:
@@ -163,6 +223,7 @@ class Node:
             validate_params=_param_names(validate),
             validate_wants_input_types="input_types" in _param_names(validate),
             check_lazy="check_lazy" if hasattr(cls, "check_lazy") else None,
+            editor_values=getattr(cls, "editor_values", None),
         )
         cls._schema = schema
         return schema

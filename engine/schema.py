@@ -36,6 +36,11 @@ class InputSpec:
     # A COMBO's deeper check of a listed value (a model file the loader cannot load): None or why.
     check: Callable[[Any], str | None] | None = None
     extra: dict = field(default_factory=dict)  # other option keys, exported as they are
+    # ComfyUI's V3 dynamic inputs (Autogrow, DynamicCombo) are flat specs here, named as API graphs
+    # name them ("images.image0", "resize_type.width"); `group` is the dynamic input a spec belongs
+    # to, and the one spec that stands for the group in /object_info carries its `dynamic` entry.
+    group: str | None = None
+    dynamic: "Dynamic | None" = None
 
     @property
     def optional(self) -> bool:
@@ -67,6 +72,19 @@ class InputSpec:
         if self.type == "COMBO":
             return [self.combo_options(), opts]
         return [self.type, opts]
+
+
+@dataclass(slots=True)
+class Dynamic:
+    """How a V3 dynamic input shows in /object_info: `[type, options]` under `name` in `section`;
+    for a DynamicCombo, `children` are the flat names of each option's inputs, in the order the
+    editor lays their widgets out after the combo's own."""
+
+    type: str  # COMFY_AUTOGROW_V3 | COMFY_DYNAMICCOMBO_V3
+    name: str
+    section: str
+    options: dict
+    children: dict = field(default_factory=dict)
 
 
 def _option_value(spec: InputSpec, key: str):
@@ -113,6 +131,9 @@ class NodeSchema:
     validate_params: frozenset = frozenset()  # input names the custom validation takes over
     validate_wants_input_types: bool = False
     check_lazy: str | None = None  # method name on the instance
+    # Widgets the editor's own extension draws for this node (not in /object_info): widgets_values ->
+    # the inputs they give, for the editor-format import. None when the node has none.
+    editor_values: Callable[[Any], dict] | None = None
     source: str = "builtin"  # where it was registered from (builtin, a plugin pack's name)
     extra_info: dict = field(default_factory=dict)
     by_name: dict = field(default_factory=dict, repr=False)
@@ -132,13 +153,23 @@ class NodeSchema:
     def lazy_inputs(self) -> tuple[str, ...]:
         return tuple(spec.name for spec in self.inputs if spec.lazy)
 
+    def exported_inputs(self):
+        """(section, name, entry) of each input as /object_info lists it: a dynamic input once, as
+        ComfyUI declares it, its flat members left out."""
+        for spec in self.inputs:
+            dynamic = spec.dynamic
+            if dynamic is not None:
+                yield dynamic.section, dynamic.name, [dynamic.type, dynamic.options]
+            elif spec.group is None:
+                yield spec.section, spec.name, spec.export()
+
     def object_info(self) -> dict:
         """The exact shape of a ComfyUI /object_info entry."""
         sections: dict[str, dict] = {"required": {}}
         order: dict[str, list] = {"required": []}
-        for spec in self.inputs:
-            sections.setdefault(spec.section, {})[spec.name] = spec.export()
-            order.setdefault(spec.section, []).append(spec.name)  # ComfyUI lists hidden ones too
+        for section, name, exported in self.exported_inputs():
+            sections.setdefault(section, {})[name] = exported
+            order.setdefault(section, []).append(name)  # ComfyUI lists hidden ones too
         return {
             "input": sections,
             "input_order": order,

@@ -48,19 +48,37 @@ def has_control_widget(spec: InputSpec) -> bool:
     return spec.type == "INT" and spec.name in ("seed", "noise_seed")
 
 
-def widget_values(specs: list[InputSpec], values) -> dict[str, Any]:
-    """Map a node's widgets_values onto its widget inputs (positional list or a by-name dict)."""
-    if isinstance(values, dict):
-        return {spec.name: values[spec.name] for spec in specs if spec.name in values}
-    out = {}
-    i, n = 0, len(values or ())
-    for spec in specs:
-        if i >= n:
-            break
-        out[spec.name] = values[i]
-        i += 1
-        if has_control_widget(spec) and i < n and _is_control_value(values[i]):
-            i += 1
+def widget_values(schema, values) -> dict[str, Any]:
+    """A node's widgets_values (a positional list, or a by-name dict) mapped onto its widget inputs,
+    each widget the file lacks given its default, as the editor lays the widgets out: a dynamic combo's
+    chosen option brings its own widgets right after the combo's (`resize_type`, then
+    `resize_type.width`, ...), and only the chosen option's are there."""
+    out: dict[str, Any] = {}
+    by_name = values if isinstance(values, dict) else None
+    items = list(values or ()) if by_name is None else []
+    position = 0
+    todo = [spec for spec in schema.inputs if spec.is_widget and (spec.group is None or spec.dynamic is not None)]
+    todo.reverse()
+    while todo:
+        spec = todo.pop()
+        if by_name is not None:
+            value = by_name.get(spec.name, _NOTHING)
+        elif position < len(items):
+            value = items[position]
+            position += 1
+            if has_control_widget(spec) and position < len(items) and _is_control_value(items[position]):
+                position += 1
+        else:
+            value = _NOTHING
+        if value is _NOTHING:
+            value = widget_default(spec)
+        if value is _NOTHING:
+            continue
+        out[spec.name] = value
+        if spec.dynamic is not None and spec.dynamic.children:  # the chosen option's widgets come next
+            chosen = value if isinstance(value, str) else None
+            children = [schema.by_name[n] for n in spec.dynamic.children.get(chosen, ())]
+            todo.extend(reversed([c for c in children if c.is_widget]))
     return out
 
 
@@ -288,13 +306,12 @@ def _convert(node: dict, scope: _Scope, resolver: _Resolver, registry) -> dict:
     kind = node["type"]
     schema = registry.get(kind)
     inputs: dict[str, Any] = {}
-    if schema is not None:
-        widgets = [spec for spec in schema.inputs if spec.is_widget]
-        given = widget_values(widgets, node.get("widgets_values"))
-        for spec in widgets:  # values the file lacks (none saved, or a newer definition) take defaults
-            value = given[spec.name] if spec.name in given else widget_default(spec)
-            if value is not _NOTHING:
-                inputs[spec.name] = {"__value__": value} if isinstance(value, list) else value
+    if schema is not None:  # values the file lacks (none saved, or a newer definition) take defaults
+        saved = node.get("widgets_values")
+        for name, value in widget_values(schema, saved).items():
+            inputs[name] = {"__value__": value} if isinstance(value, list) else value
+        if schema.editor_values is not None and saved is not None:
+            inputs.update(schema.editor_values(saved))
     for inp in node.get("inputs") or []:
         link_id = inp.get("link")
         if link_id is None:

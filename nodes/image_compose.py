@@ -1,13 +1,14 @@
 """ComfyUI's image nodes that combine pictures: batches, masked pasting, Porter-Duff compositing,
 stitching and alpha channels. The work is genloom.diffusion.compositing / image_ops.
 
-BatchImagesNode's inputs are ComfyUI's "autogrow" sockets as the editor and API graphs name them
-(images.image0, images.image1, ...); genloom declares them one by one."""
+BatchImagesNode's input is ComfyUI's growing "images" (Autogrow): API graphs name its sockets
+images.image0, images.image1, ..."""
 
 from __future__ import annotations
 
 from genloom.diffusion.compositing import PORTER_DUFF_MODES, SPACING_COLORS, STITCH_DIRECTIONS
-from genloom.engine.node import Boolean, Combo, Input, Int, Node, Out
+from genloom.engine.errors import NodeInputError
+from genloom.engine.node import Autogrow, Boolean, Combo, Input, Int, Node, Out
 
 MAX_RESOLUTION = 16384
 MAX_BATCH_INPUTS = 50
@@ -32,7 +33,7 @@ class BatchImagesNode(Node):
 
     category = "image"
     display_name = "Batch Images"
-    inputs = [Input(f"images.image{i}", "IMAGE", optional=i >= 2) for i in range(MAX_BATCH_INPUTS)]
+    inputs = Autogrow("images", Input("image", "IMAGE"), prefix="image", min=2, max=MAX_BATCH_INPUTS)
     outputs = [Out("IMAGE")]
 
     def run(self, **images):
@@ -66,6 +67,11 @@ class RepeatImageBatch(Node):
     outputs = [Out("IMAGE")]
 
     def run(self, image, amount):
+        from genloom.engine.budgets import tensor_problem
+
+        problem = tensor_problem((image.shape[0] * amount, *image.shape[1:]), "the repeated batch")
+        if problem:
+            raise NodeInputError("amount", problem)
         return (image.repeat((amount, 1, 1, 1)),)
 
 
@@ -105,8 +111,6 @@ class PorterDuffImageComposite(Node):
         try:
             return porter_duff(source, source_alpha, destination, destination_alpha, mode)
         except ValueError as exc:
-            from genloom.engine.errors import NodeInputError
-
             raise NodeInputError("source", str(exc)) from exc
 
 

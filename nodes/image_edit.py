@@ -156,6 +156,13 @@ class EmptyImage(Node):
               Int("color", 0, min=0, max=0xFFFFFF, step=1, display="color")]
     outputs = [Out("IMAGE")]
 
+    @classmethod
+    def validate(cls, width, height, batch_size=1):
+        """The declared ranges, then the size budgets: a batch that cannot fit is refused unmade."""
+        from genloom.engine.budgets import declared_size
+
+        return declared_size(cls.inputs, {"width": width, "height": height, "batch_size": batch_size})
+
     def run(self, width, height, batch_size=1, color=0):
         from genloom.diffusion.image_ops import empty_image
 

@@ -1,31 +1,38 @@
 """ComfyUI's image resizing nodes beyond ImageScale: Resize Image/Mask, scale to a largest side, and
 resize-and-pad. The arithmetic is genloom.diffusion.image_ops.
 
-ResizeImageMaskNode's options are a ComfyUI "dynamic combo": API graphs carry the chosen option's
-values as `resize_type.<name>` inputs, which genloom declares as optional inputs of their own."""
+ResizeImageMaskNode's `resize_type` is a ComfyUI dynamic combo: each choice brings its own inputs,
+which API graphs carry as `resize_type.<name>` and the editor lays out right after the choice."""
 
 from __future__ import annotations
 
 from genloom.diffusion.image_ops import RESIZE_TYPES
 from genloom.diffusion.resample import IMAGE_METHODS
 from genloom.engine.errors import NodeInputError
-from genloom.engine.node import Combo, Float, Input, Int, Node, Out
+from genloom.engine.node import Combo, DynamicCombo, Float, Input, Int, Node, Out
 
 MAX_RESOLUTION = 16384
-_SIZE = dict(min=0, max=8192, step=1)
-_OPTION_INPUTS = [
-    Float("resize_type.multiplier", 1.0, min=0.01, max=8.0, step=0.01, optional=True),
-    Int("resize_type.width", 512, optional=True, tooltip="Target width in pixels; 0 keeps the aspect ratio.", **_SIZE),
-    Int("resize_type.height", 512, optional=True, tooltip="Target height in pixels; 0 keeps the aspect ratio.",
-        **_SIZE),
-    Combo("resize_type.crop", ["disabled", "center"], "center", optional=True),
-    Int("resize_type.longer_size", 512, optional=True, **_SIZE),
-    Int("resize_type.shorter_size", 512, optional=True, **_SIZE),
-    Float("resize_type.megapixels", 1.0, min=0.01, max=16.0, step=0.01, optional=True),
-    Input("resize_type.match", "IMAGE,MASK", optional=True),
-    Int("resize_type.multiple", 8, min=1, max=MAX_RESOLUTION, step=1, optional=True),
-]
-_DEFAULTS = {spec.name.split(".", 1)[1]: spec.default for spec in _OPTION_INPUTS}
+_SIZE = dict(min=0, max=MAX_RESOLUTION, step=1)
+_CROP = Combo("crop", ["disabled", "center"], "center",
+              tooltip="'disabled' stretches to the new size; 'center' crops to keep the aspect ratio.")
+# ComfyUI's choices, in its order (the first is the default), each with its inputs.
+_RESIZE_OPTIONS = {
+    "scale dimensions": [Int("width", 512, tooltip="Target width in pixels; 0 follows the height's ratio.", **_SIZE),
+                         Int("height", 512, tooltip="Target height in pixels; 0 follows the width's ratio.", **_SIZE),
+                         _CROP],
+    "scale by multiplier": [Float("multiplier", 1.0, min=0.01, max=8.0, step=0.01, tooltip="2.0 doubles each side.")],
+    "scale longer dimension": [Int("longer_size", 512, tooltip="The longer side's new length.", **_SIZE)],
+    "scale shorter dimension": [Int("shorter_size", 512, tooltip="The shorter side's new length.", **_SIZE)],
+    "scale width": [Int("width", 512, tooltip="Target width; the height keeps the aspect ratio.", **_SIZE)],
+    "scale height": [Int("height", 512, tooltip="Target height; the width keeps the aspect ratio.", **_SIZE)],
+    "scale total pixels": [Float("megapixels", 1.0, min=0.01, max=16.0, step=0.01,
+                                 tooltip="Target size in megapixels, keeping the aspect ratio.")],
+    "match size": [Input("match", "IMAGE,MASK", tooltip="The image or mask whose size to take."), _CROP],
+    "scale to multiple": [Int("multiple", 8, min=1, max=MAX_RESOLUTION, step=1,
+                              tooltip="Width and height become divisible by this.")],
+}
+assert set(_RESIZE_OPTIONS) == set(RESIZE_TYPES)
+_DEFAULTS = {spec.name: spec.default for specs in _RESIZE_OPTIONS.values() for spec in specs}
 
 
 class ResizeImageMaskNode(Node):
@@ -35,8 +42,8 @@ class ResizeImageMaskNode(Node):
     category = "transform"
     display_name = "Resize Image/Mask"
     inputs = [Input("input", "IMAGE,MASK", tooltip="The image or mask to resize."),
-              Combo("resize_type", RESIZE_TYPES, "scale by multiplier"),
-              Combo("scale_method", IMAGE_METHODS, "area"), *_OPTION_INPUTS]
+              *DynamicCombo("resize_type", _RESIZE_OPTIONS, tooltip="How to choose the new size."),
+              Combo("scale_method", IMAGE_METHODS, "area")]
     outputs = [Out("IMAGE,MASK")]
 
     def run(self, input, resize_type, scale_method, **options):

@@ -11,7 +11,7 @@ from pathlib import Path
 from genloom.engine import context
 from genloom.engine.errors import NodeInputError
 from genloom.engine.folders import UnsafePath
-from genloom.engine.node import Boolean, Combo, Float, Hidden, Input, Int, Node, NodeOutput, String
+from genloom.engine.node import Boolean, Combo, DynamicCombo, Float, Hidden, Input, Int, Node, NodeOutput, String
 from genloom.nodes.image import LoadImage
 
 _HIDDEN = [Hidden("prompt", "PROMPT"), Hidden("extra_pnginfo", "EXTRA_PNGINFO")]
@@ -91,29 +91,43 @@ class SaveAnimatedPNG(Node):
 
 
 class SaveImageAdvanced(Node):
-    """Saves images as 8- or 16-bit PNG files with the workflow embedded. ComfyUI's `format` is a
-    dynamic combo; its option values arrive as format.bit_depth / format.input_color_space."""
+    """Saves images as 8- or 16-bit PNG files, or 32-bit float OpenEXR files in scene-linear light,
+    with the workflow embedded. ComfyUI's `format` is a dynamic combo; its option values arrive as
+    format.bit_depth / format.input_color_space."""
 
     category = "image"
     display_name = "Save Image (Advanced)"
     output_node = True
-    inputs = [Input("images", "IMAGE"), _PREFIX, Combo("format", ["png", "exr"], "png"),
-              Combo("format.bit_depth", ["8-bit", "16-bit", "32-bit float"], "8-bit", optional=True),
-              Combo("format.input_color_space", ["sRGB", "HDR", "linear"], "sRGB", optional=True), *_HIDDEN]
+    inputs = [Input("images", "IMAGE"), _PREFIX, *DynamicCombo("format", {
+        "png": [Combo("bit_depth", ["8-bit", "16-bit"], "8-bit", advanced=True),
+                Combo("input_color_space", ["sRGB"], "sRGB", advanced=True)],
+        "exr": [Combo("bit_depth", ["32-bit float"], "32-bit float", advanced=True),
+                Combo("input_color_space", ["sRGB", "HDR", "linear"], "sRGB", advanced=True,
+                      tooltip="What the pixels are: sRGB-encoded, HLG-encoded BT.2100 (HDR), or already linear. "
+                              "The EXR file always holds scene-linear light.")],
+    }, tooltip="The file format."), *_HIDDEN]
     outputs = []
 
     def run(self, images, filename_prefix, format, prompt=None, extra_pnginfo=None, **options):
+        from genloom.diffusion.exr import save_exr
         from genloom.diffusion.images import save_images
 
-        if format != "png":
-            raise NodeInputError("format", "EXR output needs an EXR encoder, which this install lacks; use png")
-        depth = options.get("format.bit_depth") or "8-bit"
-        if depth not in ("8-bit", "16-bit"):
-            raise NodeInputError("format.bit_depth", f"PNG supports 8-bit and 16-bit, not {depth!r}")
         channels = images.shape[-1]
         if channels not in (1, 3, 4):
             raise NodeInputError("images", f"{channels} channels; supported are 1 (grey), 3 (RGB) and 4 (RGBA)")
+        depth = options.get("format.bit_depth") or ("8-bit" if format == "png" else "32-bit float")
+        space = options.get("format.input_color_space") or "sRGB"
         folder = context.current().folders.output_dir
+        if format == "exr":
+            if depth != "32-bit float":
+                raise NodeInputError("format.bit_depth", f"EXR is written as 32-bit float, not {depth!r}")
+            results = _saving(lambda: save_exr(images, folder, filename_prefix, "output", space, prompt,
+                                               extra_pnginfo))
+            return NodeOutput(ui={"images": results})
+        if depth not in ("8-bit", "16-bit"):
+            raise NodeInputError("format.bit_depth", f"PNG supports 8-bit and 16-bit, not {depth!r}")
+        if space != "sRGB":
+            raise NodeInputError("format.input_color_space", f"PNG files are written as sRGB, not {space!r}")
         results = _saving(lambda: save_images(images, folder, filename_prefix, "output", prompt, extra_pnginfo,
                                               compress_level=4, bit_depth=int(depth.split("-")[0])))
         return NodeOutput(ui={"images": results})

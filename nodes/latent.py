@@ -28,13 +28,9 @@ class EmptyLatentImage(Node):
     def validate(cls, width, height, batch_size=1):
         """The declared ranges (a validate method takes them over), then the engine's size budgets:
         a batch that cannot fit is refused before anything is allocated."""
-        from genloom.engine.budgets import image_batch_problem, range_problem
+        from genloom.engine.budgets import declared_size
 
-        values = {"width": width, "height": height, "batch_size": batch_size}
-        problem = range_problem(cls.inputs, values)
-        if problem is None and None not in values.values():  # a linked value is checked when it runs
-            problem = image_batch_problem(width, height, batch_size)
-        return problem or True
+        return declared_size(cls.inputs, {"width": width, "height": height, "batch_size": batch_size})
 
     def run(self, width, height, batch_size=1):
         import torch

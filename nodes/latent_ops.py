@@ -7,6 +7,7 @@ imports torch. (EmptyLatentImage, the VAE nodes and the noise mask live in nodes
 from __future__ import annotations
 
 from genloom.diffusion.latent_ops import FLIPS, ROTATIONS, SEED_BEHAVIORS
+from genloom.engine.errors import NodeInputError
 from genloom.engine.node import Boolean, Combo, Float, Input, Int, Node, Out
 from genloom.nodes.masks import numbered_inputs, numbered_values
 
@@ -147,6 +148,12 @@ class RepeatLatentBatch(Node):
     outputs = _OUT
 
     def run(self, samples, amount):
+        from genloom.engine.budgets import tensor_problem
+
+        shape = samples["samples"].shape
+        problem = tensor_problem((shape[0] * amount, *shape[1:]), "the repeated batch")
+        if problem:
+            raise NodeInputError("amount", problem)
         return (_lib().repeat(samples, amount),)
 
 

@@ -2,9 +2,9 @@
 nodes_number_convert.py, nodes_resolution.py, nodes_toolkit.py) with the same names and results.
 
 ComfyUI grows some inputs on demand (Autogrow): Math Expression's `values.a` ... `values.z`, And/Or's
-`values.value0` ... `values.value9`, Create List's `inputs.input0` ... `inputs.input9`. genloom's node
-API has no growing inputs, so these nodes declare every slot ComfyUI can grow, under the names the
-editor sends in a prompt; a workflow saved by ComfyUI therefore runs unchanged. ComfyUI's MatchType
+`values.value0` ... `values.value9`, Create List's `inputs.input0` ... `inputs.input9`. /object_info
+shows each as one COMFY_AUTOGROW_V3 input as ComfyUI does; the node receives the slots under the
+names the editor sends in a prompt, so a workflow saved by ComfyUI runs unchanged. ComfyUI's MatchType
 (the output takes the input's type) is "*" here.
 """
 
@@ -14,15 +14,16 @@ import string
 
 from genloom.diffusion import expressions
 from genloom.engine.errors import NodeInputError
-from genloom.engine.node import Boolean, Combo, Float, Input, Int, Node, Out, String
+from genloom.engine.node import Autogrow, Boolean, Combo, Float, Input, Int, Node, Out, String
 
 _MISSING = object()
 _NUMERIC = "FLOAT,INT,BOOLEAN"
 
 
-def _grown(group: str, names: list[str], type_: str, required: int) -> list:
-    """The inputs an Autogrow input can grow to: the first `required` required, the rest optional."""
-    return [Input(f"{group}.{name}", type_, optional=i >= required) for i, name in enumerate(names)]
+def _grown(group: str, slot: str, type_: str, required: int, **names) -> list:
+    """An Autogrow input of `slot` sockets (prefix slots, or `names=`): the first `required` required;
+    none when 0 (ComfyUI's optional template, whose `min` is still 1)."""
+    return Autogrow(group, Input(slot, type_, optional=required == 0), min=max(required, 1), **names)
 
 
 def _grown_values(schema_inputs, group: str, given: dict) -> dict:
@@ -40,7 +41,7 @@ class ComfyMathExpression(Node):
     category = "utilities"
     display_name = "Math Expression"
     inputs = [String("expression", "a + b", multiline=True),
-              *_grown("values", list(string.ascii_lowercase), _NUMERIC, required=0)]
+              *_grown("values", "value", _NUMERIC, 0, names=list(string.ascii_lowercase))]
     outputs = [Out("FLOAT", "FLOAT"), Out("INT", "INT"), Out("BOOLEAN", "BOOL")]
 
     def run(self, expression, **values):
@@ -85,7 +86,7 @@ class ComfyNotNode(Node):
         return (not value,)
 
 
-_GATE_INPUTS = _grown("values", [f"value{i}" for i in range(10)], "*", required=1)
+_GATE_INPUTS = _grown("values", "value", "*", 1, prefix="value", max=10)
 
 
 class ComfyAndNode(Node):
@@ -140,6 +141,18 @@ class CustomCombo(Node):
     def validate(cls, **inputs):
         return True  # the options live in the editor, not in this definition
 
+    @classmethod
+    def editor_values(cls, values) -> dict:
+        """The editor's extension saves [choice, index, option1, option2, ...] (older editors left the
+        index out: [choice, option1, ...]); the index is the one number after the choice."""
+        if isinstance(values, dict):
+            index = values.get("index")
+        else:
+            index = values[1] if len(values) > 1 else None
+        if isinstance(index, int) and not isinstance(index, bool):
+            return {"index": index}
+        return {}
+
     def run(self, choice, index=0):
         return (choice, index)
 
@@ -171,7 +184,7 @@ class CreateList(Node):
     category = "utilities"
     display_name = "Create List"
     input_is_list = True
-    inputs = _grown("inputs", [f"input{i}" for i in range(10)], "*", required=1)
+    inputs = _grown("inputs", "input", "*", 1, prefix="input", max=10)
     outputs = [Out("*", "list", is_list=True)]
 
     def run(self, **inputs):

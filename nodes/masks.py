@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from genloom.diffusion.masks import CHANNELS, OPERATIONS
 from genloom.engine.errors import NodeInputError
-from genloom.engine.node import Boolean, Combo, Float, Hidden, Input, Int, Node, Out
+from genloom.engine.node import Autogrow, Boolean, Combo, Float, Hidden, Input, Int, Node, Out
 from genloom.nodes.image import LoadImage, PreviewImage, _input_files
 
 MAX_RESOLUTION = 16384
@@ -83,6 +83,13 @@ class SolidMask(Node):
     inputs = [Float("value", 1.0, min=0.0, max=1.0, step=0.01, tooltip="The value of every pixel."),
               _pixels("width", 512, 1, "Width in pixels."), _pixels("height", 512, 1, "Height in pixels.")]
     outputs = [_MASK_OUT]
+
+    @classmethod
+    def validate(cls, width, height):
+        """The declared ranges, then the size budgets (one channel)."""
+        from genloom.engine.budgets import declared_size
+
+        return declared_size(cls.inputs, {"width": width, "height": height}, batch=None, channels=1)
 
     def run(self, value, width, height):
         import torch
@@ -191,10 +198,9 @@ class MaskPreview(Node):
 
 
 def numbered_inputs(group: str, prefix: str, type_: str, minimum: int, maximum: int) -> list:
-    """ComfyUI's growing input groups as their API graphs name them: '{group}.{prefix}0', ...; the
-    first `minimum` are required."""
-    return [Input(f"{group}.{prefix}{i}", type_, optional=i >= minimum,
-                  tooltip=f"{type_.capitalize()} {i + 1} of the batch.") for i in range(maximum)]
+    """ComfyUI's growing input (Autogrow) of `type_` sockets, as API graphs name them:
+    '{group}.{prefix}0', ...; the first `minimum` are required."""
+    return Autogrow(group, Input(prefix, type_), prefix=prefix, min=minimum, max=maximum)
 
 
 def numbered_values(values: dict) -> list:

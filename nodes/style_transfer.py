@@ -8,7 +8,7 @@ from __future__ import annotations
 from genloom.diffusion.styling.color import METHODS as COLOR_METHODS
 from genloom.engine import context
 from genloom.engine.errors import ModelLoadError, NodeInputError
-from genloom.engine.node import Combo, Float, Input, Int, Node, NodeOutput, Out, Seed
+from genloom.engine.node import Combo, DynamicCombo, Float, Input, Int, Node, NodeOutput, Out, Seed
 
 from .loaders import load_model_file, model_names, model_stamp
 
@@ -121,20 +121,23 @@ class ColorTransfer(Node):
         Input("image_ref", "IMAGE", optional=True,
               tooltip="Reference image(s) to match colors to. If not provided, processing is skipped"),
         Combo("method", ["reinhard_lab", "mkl_lab", "histogram"]),
-        Combo("source_stats", ["per_frame", "uniform", "target_frame"],
-              tooltip="per_frame: each frame matched to image_ref individually. uniform: pool stats across "
-                      "all source frames as baseline, match to image_ref. target_frame: use one chosen frame "
-                      "as the baseline for the transform to image_ref, applied uniformly to all frames"),
+        *DynamicCombo("source_stats", {
+            "per_frame": [], "uniform": [],
+            "target_frame": [Int("target_index", 0, min=0, max=10000,
+                                 tooltip="The frame whose colours are the baseline of the transform.")]},
+            tooltip="per_frame: each frame matched to image_ref on its own. uniform: the statistics of all "
+                    "frames pooled as the baseline. target_frame: one chosen frame as the baseline, its "
+                    "transform applied to every frame"),
         Float("strength", 1.0, min=0.0, max=10.0, step=0.01),
-        Int("target_index", 0, min=0, max=10000, optional=True,
-            tooltip="Frame index used as the source baseline when source_stats is target_frame"),
     ]
     outputs = [Out("IMAGE", "image")]
 
-    def run(self, image_target, method, source_stats, strength, image_ref=None, target_index=0):
+    def run(self, image_target, method, source_stats, strength, image_ref=None, **options):
         from genloom.diffusion.styling.color_match import color_transfer
 
-        return (color_transfer(image_target, image_ref, method, source_stats, target_index, strength),)
+        target_index = options.get("source_stats.target_index")
+        return (color_transfer(image_target, image_ref, method, source_stats,
+                               0 if target_index is None else target_index, strength),)
 
 
 NODES = [FastStyleModelLoader, FastStyleTransfer, NeuralStyleTransfer, GenloomColorTransfer, ColorTransfer]

@@ -117,6 +117,10 @@ async def error_middleware(request: web.Request, handler):
     except web.HTTPRequestEntityTooLarge as exc:
         return json_response(error_body(f"request body too large: {exc.text}", "request_too_large"),
                              status=413)
+    except web.HTTPMethodNotAllowed as exc:  # the router's answer, in the same JSON shape as ours
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        return json_response(error_body(f"method {request.method} is not allowed here; allowed: {allowed}",
+                                        "method_not_allowed"), status=405, headers={"Allow": allowed})
     except web.HTTPException:
         raise
     except Exception as exc:  # noqa: BLE001 - a request must never take the server down

@@ -13,7 +13,7 @@ import time
 from aiohttp import web
 
 from .endpoints import Endpoint
-from .errors import json_response
+from .errors import BadRequest, json_response
 from .schemas import LogsSubscribeBody, parse
 from .security import read_json
 
@@ -27,6 +27,7 @@ class LogBuffer(logging.Handler):
         self.hub = hub
         self.entries: collections.deque = collections.deque(maxlen=KEEP)
         self.subscribers: set[str] = set()
+        hub.on_disconnect.append(self.subscribers.discard)  # a client that left hears nothing more
         self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -56,6 +57,8 @@ class LogBuffer(logging.Handler):
     async def subscribe(self, request):
         """Start or stop sending new log lines to a websocket client."""
         body = parse(LogsSubscribeBody, await read_json(request))
+        if not body.clientId:  # the hub sends a message for no client to every client
+            raise BadRequest("clientId must name a connected websocket client", "invalid_request")
         if body.enabled:
             self.subscribers.add(body.clientId)
         else:

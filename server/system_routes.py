@@ -47,8 +47,8 @@ class SystemRoutes:
             Endpoint("GET", "/experiment/models/{folder}", self.experiment_models_in, errors=missing),
             Endpoint("GET", "/internal/folder_paths", self.folder_paths),
             Endpoint("GET", "/internal/files/{kind}", self.list_files),
-            *(Endpoint("GET", path, _constant(value), summary="empty: genloom has no web extensions or templates")
-              for path, value in (("/extensions", []), ("/i18n", {}), ("/workflow_templates", {}),
+            *(Endpoint("GET", path, _constant(value), summary="empty: genloom has no templates")
+              for path, value in (("/i18n", {}), ("/workflow_templates", {}),
                                   ("/global_subgraphs", {}), ("/node_replacements", {}))),
         ]
 
@@ -107,11 +107,14 @@ class SystemRoutes:
         return json_response({kind: [str(d / kind) for d in self.folders.models_dirs] for kind in MODEL_FOLDERS})
 
     async def list_files(self, request):
-        """Files of the input/output/temp folder, newest first (the editor's asset browser)."""
+        """The names of the files directly in the input/output/temp folder, newest first, as ComfyUI
+        lists them (LoadImageOutput's refresh, the asset browser). Links and half-written uploads
+        (dot files) are left out, as /view refuses links."""
         folder = self.files.folder(request.match_info["kind"])
-        files = [p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")] if folder.is_dir() else []
+        files = [p for p in folder.iterdir() if not p.is_symlink() and p.is_file() and not p.name.startswith(".")] \
+            if folder.is_dir() else []
         files.sort(key=lambda p: p.stat().st_mtime, reverse=True)
-        return json_response([p.relative_to(folder).as_posix() for p in files])
+        return json_response([p.name for p in files])
 
     async def experiment_models(self, request):
         """The model folder kinds with their folders."""

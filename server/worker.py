@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import traceback
 
 from ..engine.errors import ExecutionError, Interrupted, WorkflowError
@@ -25,6 +26,7 @@ log = logging.getLogger("genloom.server")
 _KEPT = ("execution_start", "execution_cached", "execution_success", "execution_error",
          "execution_interrupted")
 SHUTDOWN_MESSAGE = "the server was stopped while this prompt was running"
+DEFAULT_INTERRUPT_GRACE = 3.0  # seconds a node gets to notice /interrupt before its run is abandoned
 
 
 class _Recorder:
@@ -39,8 +41,12 @@ class _Recorder:
         self.seen: set[str] = set()
         self.engine_sends_progress_state = False
         self.finished = False
+        self.detached = False  # the run was abandoned: what it still sends goes nowhere
+        self.started: list[str] = []  # nodes that began running, in order
 
     def __call__(self, event: str, data: dict) -> None:
+        if self.detached:
+            return
         try:
             self._on(event, data)
         except Exception:  # noqa: BLE001 - a broken event must not kill the run
@@ -53,10 +59,12 @@ class _Recorder:
         if event == "preview":
             image = data.get("image")
             if image is not None and self.hub.listening(self.sid):
-                self.hub.send_bytes_threadsafe(self.sid, preview_frame(image))
+                self.hub.send_bytes_threadsafe(self.sid, preview_frame(image, data.get("format", "JPEG")))
             return
         if event in _KEPT:
             self.messages.append([event, data])
+        if event == "executing" and data.get("node") is not None:
+            self.started.append(str(data["node"]))
         if event == "execution_start" and self.on_start is not None:
             self.on_start(self.prompt_id)
         if event == "executed":
@@ -119,10 +127,13 @@ class Worker:
     """Claims prompts from the store one at a time and runs them; `wake` and `interrupt` are what the
     routes call (services.Runner), both return at once."""
 
-    def __init__(self, engine, store: PromptStore, hub: Hub):
+    def __init__(self, engine, store: PromptStore, hub: Hub, interrupt_grace: float = DEFAULT_INTERRUPT_GRACE):
         self.engine, self.store, self.hub = engine, store, hub
+        self.interrupt_grace = interrupt_grace
         self.running_id: str | None = None
         self._interrupted_id: str | None = None
+        self._interrupted_at: float | None = None
+        self.abandoned: list[threading.Thread] = []  # runs given up on whose node has not returned yet
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="genloom-worker", daemon=True)
@@ -140,7 +151,8 @@ class Worker:
             running = self.running_id
             if running is None or (prompt_id is not None and prompt_id != running):
                 return False
-            self._interrupted_id = running
+            if self._interrupted_id != running:
+                self._interrupted_id, self._interrupted_at = running, time.monotonic()
             self.engine.interrupt()
             return True
 
@@ -163,7 +175,12 @@ class Worker:
                 self.store.finish(running, "failed", None, None, None,
                                   {"type": "server_stopped", "message": SHUTDOWN_MESSAGE})
             return False
-        return True
+        return not self._stuck()
+
+    def _stuck(self) -> list[threading.Thread]:
+        """The abandoned runs whose node still has not returned."""
+        self.abandoned = [t for t in self.abandoned if t.is_alive()]
+        return self.abandoned
 
     def _loop(self) -> None:
         while not self._stopping.is_set():
@@ -193,8 +210,14 @@ class Worker:
         rec = _Recorder(self.hub, row.client_id, row.id, on_start=self._on_start)
         status, error = "completed", None
         try:
-            result = self.engine.run(row.prompt, outputs=row.outputs_to_execute or None, on_event=rec,
-                                     prompt_id=row.id, extra_data=row.extra_data)
+            result = self._run_abandonable(row, rec)
+            if result is None:  # abandoned: marked interrupted, the queue goes on
+                status = "failed" if self._stopping.is_set() else "cancelled"
+                error = self._abandoned(row, rec)
+                self.store.finish(row.id, status, rec.outputs, rec.meta, rec.messages, error)
+                rec.finished = True
+                rec.send("executing", {"node": None, "display_node": None, "prompt_id": row.id})
+                return
             for node, ui in (result.outputs or {}).items():
                 if ui:
                     rec.outputs.setdefault(str(node), ui)
@@ -224,6 +247,58 @@ class Worker:
         self.store.finish(row.id, status, rec.outputs, rec.meta, rec.messages, error and redact_tree(error))
         rec.finished = True  # `executing` with node null: finished, and its history is stored
         rec.send("executing", {"node": None, "display_node": None, "prompt_id": row.id})
+
+    def _run_abandonable(self, row, rec):
+        """The engine's run on a thread of its own, so that a node that never checks for interrupts
+        cannot hold the queue: `interrupt_grace` seconds after /interrupt (or a stop) the run is
+        abandoned and None returned. Otherwise the run's result, or its exception re-raised."""
+        box: dict = {}
+
+        def target():
+            try:
+                box["result"] = self.engine.run(row.prompt, outputs=row.outputs_to_execute or None, on_event=rec,
+                                                prompt_id=row.id, extra_data=row.extra_data)
+            except BaseException as exc:  # noqa: BLE001 - re-raised on the worker's thread
+                box["error"] = exc
+
+        thread = threading.Thread(target=target, name=f"genloom-run-{row.id}", daemon=True)
+        with self._lock:
+            if self._interrupted_id != row.id:
+                self._interrupted_at = None
+        thread.start()
+        while True:
+            thread.join(0.05)
+            if not thread.is_alive():
+                break
+            with self._lock:
+                if self._interrupted_id == row.id and self._interrupted_at is None:
+                    self._interrupted_at = time.monotonic()  # set before the run began
+                late = (self._interrupted_id == row.id
+                        and time.monotonic() - self._interrupted_at >= self.interrupt_grace)
+            if not late:
+                continue
+            rec.detached = True  # from now on the engine's events for this run go nowhere
+            if self.engine.abandon():
+                self.abandoned.append(thread)
+                log.warning("prompt %s: node %s did not stop within %.1f s of the interrupt; abandoned it",
+                            row.id, rec.started[-1] if rec.started else "?", self.interrupt_grace)
+                return None
+            rec.detached = False  # it was finishing: take its result
+        if "error" in box:
+            raise box["error"]
+        return box["result"]
+
+    def _abandoned(self, row, rec) -> dict:
+        """Tells the client its prompt stopped at the node that would not (execution_interrupted) and
+        returns the error history keeps."""
+        node = rec.started[-1] if rec.started else None
+        node_type = (row.prompt.get(node) or {}).get("class_type") if node is not None else None
+        rec.send("execution_interrupted", {"prompt_id": row.id, "node_id": node, "node_type": node_type,
+                                           "executed": rec.started[:-1], "timestamp": now_ms()})
+        if self._stopping.is_set():
+            return {"type": "server_stopped", "message": SHUTDOWN_MESSAGE}
+        return {"type": "interrupted", "message": f"interrupted by the user; node {node} ({node_type}) "
+                f"did not stop within {self.interrupt_grace:g} s and was abandoned"}
 
     @staticmethod
     def _error_payload(prompt_id, message, exc_type, tb) -> dict:

@@ -23,18 +23,25 @@ from .errors import dumps
 
 log = logging.getLogger("genloom.server")
 
-PREVIEW_IMAGE = 1
+PREVIEW_IMAGE = 1  # the binary event type of every image frame
 MAX_CLIENT_ID = 128
-FORMAT_JPEG = 1
+IMAGE_FORMATS = {"JPEG": 1, "PNG": 2}  # the frame's second word: how its image bytes are encoded
 
 
-def preview_frame(image, quality: int = 85) -> bytes:
-    """A binary preview frame: type (4 bytes, big-endian), format (4 bytes), JPEG bytes."""
+def preview_frame(image, fmt: str = "JPEG") -> bytes:
+    """A binary image frame as ComfyUI sends one: event type PREVIEW_IMAGE (4 bytes, big-endian), the
+    format (4 bytes: 1 JPEG, 2 PNG), then the encoded picture. Sampling previews are JPEG;
+    SaveImageWebsocket's images are PNG, lossless. The encoder settings are ComfyUI's (quality 95,
+    PNG compression level 1)."""
     import io
 
+    fmt = fmt.upper() if isinstance(fmt, str) and fmt.upper() in IMAGE_FORMATS else "JPEG"
     buf = io.BytesIO()
-    image.convert("RGB").save(buf, format="JPEG", quality=quality)
-    return struct.pack(">II", PREVIEW_IMAGE, FORMAT_JPEG) + buf.getvalue()
+    if fmt == "PNG":
+        image.save(buf, format="PNG", compress_level=1)
+    else:
+        image.convert("RGB").save(buf, format="JPEG", quality=95)
+    return struct.pack(">II", PREVIEW_IMAGE, IMAGE_FORMATS[fmt]) + buf.getvalue()
 
 
 class Client:
@@ -81,6 +88,7 @@ class Hub:
         self._status = status  # async () -> status event data
         self.server_flags = server_flags
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.on_disconnect: list[Callable[[str], None]] = []  # called with a sid once its client left
 
     # Called on the loop thread. A prompt submitted without a client_id has no one to report to:
     # its events go to every client, as ComfyUI's do.
@@ -142,8 +150,10 @@ class Hub:
                 elif msg.type == WSMsgType.ERROR:
                     break
         finally:
-            if self.clients.get(sid) is client:
+            if self.clients.get(sid) is client:  # not replaced by a newer socket of the same client
                 del self.clients[sid]
+                for forget in self.on_disconnect:
+                    forget(sid)
             client.outbox.put_nowait(None)
         return ws
 

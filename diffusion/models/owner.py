@@ -159,9 +159,11 @@ def model_owner() -> ModelOwner:
 @contextmanager
 def interruptible(module):
     """While inside, every top-level block of `module` (each member of an nn.ModuleList that is a
-    direct child: a UNet's down/up blocks, a transformer's blocks) checks the running prompt's interrupt
-    flag before it runs, so /interrupt lands within one block even inside a single long forward pass.
-    Nested lists are left alone: a hook on every resnet and attention cost ~5% of a tiny model's step."""
+    direct child: a UNet's down/up blocks, a transformer's blocks; or a child of a direct child that is
+    not a list itself: a VAE's encoder.down_blocks and decoder.up_blocks) checks the running prompt's
+    interrupt flag before it runs, so /interrupt lands within one block even inside a single long
+    forward pass. The blocks' own lists are left alone: a hook on every resnet and attention cost ~5%
+    of a tiny model's step."""
     import torch
 
     ctx = context.current()
@@ -169,8 +171,13 @@ def interruptible(module):
     def check(_module, _args):
         ctx.check_interrupt()
 
-    hooks = [block.register_forward_pre_hook(check) for blocks in module.children()
-             if isinstance(blocks, torch.nn.ModuleList) for block in blocks]
+    def lists(parent):
+        return [child for child in parent.children() if isinstance(child, torch.nn.ModuleList)]
+
+    top = [child for child in module.children() if not isinstance(child, torch.nn.ModuleList)]
+    hooks = [block.register_forward_pre_hook(check)
+             for blocks in lists(module) + [nested for child in top for nested in lists(child)]
+             for block in blocks]
     try:
         yield module
     finally:

@@ -24,9 +24,15 @@ def lab_stats(image):
 def test_signature_matches_comfyui():
     info = ColorTransfer.schema().object_info()
     assert info["input_order"] == {"required": ["image_target", "method", "source_stats", "strength"],
-                                   "optional": ["image_ref", "target_index"]}
+                                   "optional": ["image_ref"]}
     assert info["input"]["required"]["method"][0] == ["reinhard_lab", "mkl_lab", "histogram"]
-    assert info["input"]["required"]["source_stats"][0] == ["per_frame", "uniform", "target_frame"]
+    # a DynamicCombo: target_frame brings target_index (INT 0, 0..10000)
+    kind, stats = info["input"]["required"]["source_stats"]
+    assert kind == "COMFY_DYNAMICCOMBO_V3"
+    assert [(o["key"], list(o["inputs"]["required"])) for o in stats["options"]] == [
+        ("per_frame", []), ("uniform", []), ("target_frame", ["target_index"])]
+    index = stats["options"][2]["inputs"]["required"]["target_index"]
+    assert index[0] == "INT" and (index[1]["default"], index[1]["min"], index[1]["max"]) == (0, 0, 10000)
     options = info["input"]["required"]["strength"][1]
     assert {k: options[k] for k in ("default", "min", "max", "step")} == {"default": 1.0, "min": 0.0, "max": 10.0,
                                                                           "step": 0.01}
@@ -82,7 +88,8 @@ def test_uniform_stats_keep_the_differences_between_frames():
                                        source_stats="per_frame", strength=1.0)
     assert torch.allclose(lab_stats(per_frame[1:])[0], lab_stats(ref)[0], atol=2e-3)  # each frame matched
     (chosen,) = ColorTransfer().run(image_target=target, image_ref=ref, method="reinhard_lab",
-                                    source_stats="target_frame", strength=1.0, target_index=1)
+                                    source_stats="target_frame", strength=1.0,
+                                    **{"source_stats.target_index": 1})
     assert torch.allclose(lab_stats(chosen[1:])[0], lab_stats(ref)[0], atol=2e-3)  # frame 1 is the baseline
 
 

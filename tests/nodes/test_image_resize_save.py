@@ -149,8 +149,62 @@ def test_save_image_advanced_16_bit_png(folders):
     out8 = SaveImageAdvanced().run(image, "adv8", "png")
     with Image.open(folders.output_dir / out8.ui["images"][0]["filename"]) as img:
         assert np.asarray(img)[0, 0].tolist() == [0, 127, 255]
-    with pytest.raises(NodeInputError, match="format"):
-        SaveImageAdvanced().run(image, "x", "exr")
+    with pytest.raises(NodeInputError, match="format.input_color_space"):
+        SaveImageAdvanced().run(image, "x", "png", **{"format.input_color_space": "linear"})
+
+
+def _exr_pixels(path):
+    """FFmpeg's EXR decoder (through PyAV) reading the file: float32 [H, W, C]."""
+    import av
+
+    frame = av.CodecContext.create("exr", "r").decode(av.Packet(path.read_bytes()))[0]
+    return frame.to_ndarray()
+
+
+def _exr_string_attribute(data: bytes, name: str) -> str:
+    start = data.index(name.encode() + b"\0string\0") + len(name) + 8
+    size = int.from_bytes(data[start:start + 4], "little")
+    return data[start + 4:start + 4 + size].decode()
+
+
+@pytest.mark.parametrize("space", ["sRGB", "linear", "HDR"])
+def test_save_image_advanced_exr_is_scene_linear_float(folders, space):
+    values = [[0.0, 0.02, 0.5], [1.0, 1.5, -0.25]]  # beyond 0..1 on purpose: EXR keeps the full range
+    image = torch.tensor(values).reshape(1, 1, 2, 3)
+    out = SaveImageAdvanced().run(image, "hdr", "exr", prompt={"p": 1}, extra_pnginfo={"workflow": {"w": 2}},
+                                  **{"format.bit_depth": "32-bit float", "format.input_color_space": space})
+    entry = out.ui["images"][0]
+    assert entry["filename"].endswith(".exr") and entry["type"] == "output"
+    path = folders.output_dir / entry["filename"]
+    x = np.abs(np.array(values))
+    if space == "sRGB":  # IEC 61966-2-1 inverse transfer curve
+        expected = np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
+    elif space == "HDR":  # BT.2100 HLG inverse OETF
+        a = 0.17883277
+        b, c = 1 - 4 * a, 0.5 - a * np.log(4 * a)
+        expected = np.where(x <= 0.5, x ** 2 / 3, (np.exp((x - c) / a) + b) / 12)
+    else:
+        expected = x
+    expected = np.sign(values) * expected
+    assert np.allclose(_exr_pixels(path)[0], expected, rtol=1e-6, atol=1e-7)
+    data = path.read_bytes()
+    assert json.loads(_exr_string_attribute(data, "prompt")) == {"p": 1}
+    assert json.loads(_exr_string_attribute(data, "workflow")) == {"w": 2}
+    with pytest.raises(NodeInputError, match="32-bit float"):
+        SaveImageAdvanced().run(image, "x", "exr", **{"format.bit_depth": "16-bit"})
+
+
+def test_exr_metadata_keeps_every_chunk_readable(folders):
+    """Taller than one compressed chunk: every entry of the offset table moves with the header."""
+    from genloom.diffusion.exr import exr_bytes
+
+    gradient = torch.linspace(0, 1, 40 * 3 * 4).reshape(40, 3, 4)  # RGBA
+    plain, tagged = exr_bytes(gradient, "linear"), exr_bytes(gradient, "linear", {"note": "x" * 50})
+    assert len(tagged) == len(plain) + len("note") + 1 + len("string") + 1 + 4 + 50
+    (folders.output_dir).mkdir(parents=True, exist_ok=True)
+    path = folders.output_dir / "tall.exr"
+    path.write_bytes(tagged)
+    assert np.allclose(_exr_pixels(path), gradient.numpy())
 
 
 def test_load_image_output_lists_and_loads_output_files(folders):

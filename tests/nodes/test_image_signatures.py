@@ -100,29 +100,11 @@ SIGNATURES = {
                          ("compress_level", "INT", {"default": 4, "min": 0, "max": 9})], [], None),
     "ImageCompare": ([("image_a", "IMAGE", {"optional": True}), ("image_b", "IMAGE", {"optional": True}),
                       ("compare_view", "IMAGECOMPARE", {"optional": True})], [], None),
-    # Dynamic-combo nodes: the option inputs are flattened to `<combo>.<name>` (see the module docs).
+    # Dynamic combos: one COMFY_DYNAMICCOMBO_V3 entry each (its options: test_dynamic_combos_match_comfyui).
     "SaveImageAdvanced": ([("images", "IMAGE", {}), ("filename_prefix", "STRING", {"default": "ComfyUI"}),
-                           ("format", ["png", "exr"], {}),
-                           ("format.bit_depth", ["8-bit", "16-bit", "32-bit float"], {"optional": True}),
-                           ("format.input_color_space", ["sRGB", "HDR", "linear"], {"optional": True})], [], None),
-    "ResizeImageMaskNode": ([("input", "IMAGE,MASK", {}),
-                             ("resize_type", ["scale by multiplier", "scale dimensions", "scale longer dimension",
-                                              "scale shorter dimension", "scale width", "scale height",
-                                              "scale total pixels", "match size", "scale to multiple"], {}),
-                             ("scale_method", METHODS, {"default": "area"}),
-                             ("resize_type.multiplier", "FLOAT", {"default": 1.0, "min": 0.01, "max": 8.0,
-                                                                  "optional": True}),
-                             ("resize_type.width", "INT", {"default": 512, "min": 0, "max": 8192, "optional": True}),
-                             ("resize_type.height", "INT", {"default": 512, "min": 0, "max": 8192, "optional": True}),
-                             ("resize_type.crop", ["disabled", "center"], {"default": "center", "optional": True}),
-                             ("resize_type.longer_size", "INT", {"default": 512, "min": 0, "max": 8192,
-                                                                 "optional": True}),
-                             ("resize_type.shorter_size", "INT", {"default": 512, "min": 0, "max": 8192,
-                                                                  "optional": True}),
-                             ("resize_type.megapixels", "FLOAT", {"default": 1.0, "min": 0.01, "max": 16.0,
-                                                                  "optional": True}),
-                             ("resize_type.match", "IMAGE,MASK", {"optional": True}),
-                             ("resize_type.multiple", "INT", {"default": 8, "optional": True})], ["IMAGE,MASK"], None),
+                           ("format", "COMFY_DYNAMICCOMBO_V3", {})], [], None),
+    "ResizeImageMaskNode": ([("input", "IMAGE,MASK", {}), ("resize_type", "COMFY_DYNAMICCOMBO_V3", {}),
+                             ("scale_method", METHODS, {"default": "area"})], ["IMAGE,MASK"], None),
 }
 # name -> (category, display name); a node ComfyUI gives no display name shows its class name.
 LABELS = {
@@ -180,10 +162,53 @@ def test_category_and_display_name(name):
 
 
 def test_batch_images_node_autogrow_inputs():
+    # ComfyUI: Autogrow.Input("images", TemplatePrefix(Image.Input("image"), prefix="image", min=2, max=50))
     info = REGISTRY["BatchImagesNode"].object_info()
-    assert info["input_order"]["required"] == ["images.image0", "images.image1"]
-    assert info["input_order"]["optional"] == [f"images.image{i}" for i in range(2, 50)]
+    assert info["input"] == {"required": {"images": ["COMFY_AUTOGROW_V3", {"template": {
+        "input": {"required": {"image": ["IMAGE", {}]}}, "prefix": "image", "min": 2, "max": 50}}]}}
+    assert info["input_order"] == {"required": ["images"]}
     assert info["output"] == ["IMAGE"]
+    # what an API graph sends is still checked slot by slot
+    flat = [spec.name for spec in REGISTRY["BatchImagesNode"].inputs]
+    assert flat == [f"images.image{i}" for i in range(50)]
+
+
+# ComfyUI's DynamicCombo options: key -> [(input, type, default, min, max)] in its order.
+SIZE = (0, 16384)
+DYNAMIC_COMBOS = {
+    ("ResizeImageMaskNode", "resize_type"): {
+        "scale dimensions": [("width", "INT", 512, *SIZE), ("height", "INT", 512, *SIZE),
+                             ("crop", ["disabled", "center"], "center", None, None)],
+        "scale by multiplier": [("multiplier", "FLOAT", 1.0, 0.01, 8.0)],
+        "scale longer dimension": [("longer_size", "INT", 512, *SIZE)],
+        "scale shorter dimension": [("shorter_size", "INT", 512, *SIZE)],
+        "scale width": [("width", "INT", 512, *SIZE)],
+        "scale height": [("height", "INT", 512, *SIZE)],
+        "scale total pixels": [("megapixels", "FLOAT", 1.0, 0.01, 16.0)],
+        "match size": [("match", "IMAGE,MASK", None, None, None), ("crop", ["disabled", "center"], "center", None, None)],
+        "scale to multiple": [("multiple", "INT", 8, 1, 16384)],
+    },
+    ("SaveImageAdvanced", "format"): {
+        "png": [("bit_depth", ["8-bit", "16-bit"], "8-bit", None, None),
+                ("input_color_space", ["sRGB"], "sRGB", None, None)],
+        "exr": [("bit_depth", ["32-bit float"], "32-bit float", None, None),
+                ("input_color_space", ["sRGB", "HDR", "linear"], "sRGB", None, None)],
+    },
+}
+
+
+@pytest.mark.parametrize("node,name", sorted(DYNAMIC_COMBOS))
+def test_dynamic_combos_match_comfyui(node, name):
+    kind, options = REGISTRY[node].object_info()["input"]["required"][name]
+    assert kind == "COMFY_DYNAMICCOMBO_V3"
+    expected = DYNAMIC_COMBOS[(node, name)]
+    assert [o["key"] for o in options["options"]] == list(expected)
+    for option in options["options"]:
+        inputs = option["inputs"]
+        assert list(inputs) == ["required"]  # every option input is required within its option
+        rows = [(n, spec[0], spec[1].get("default"), spec[1].get("min"), spec[1].get("max"))
+                for n, spec in inputs["required"].items()]
+        assert rows == expected[option["key"]], option["key"]
 
 
 # ---- an editor-format workflow using several of the nodes ------------------------------------------------

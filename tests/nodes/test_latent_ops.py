@@ -39,10 +39,9 @@ FACTS = {
     "RepeatLatentBatch": dict(category="latent/batch", display="Repeat Latent Batch", output=["LATENT"],
                               required=[("samples", "LATENT"), ("amount", "INT", 1, 1, 64)]),
     "LatentBatch": dict(category="latent/batch", display="LatentBatch", output=["LATENT"], required=_PAIR),
-    # Autogrow 'latents' (template LATENT, prefix 'latent', min 2, max 50), as its API inputs are named.
+    # Autogrow 'latents' (template LATENT, prefix 'latent', min 2, max 50): one entry.
     "BatchLatentsNode": dict(category="latent", display="Batch Latents", output=["LATENT"],
-                             required=[("latents.latent0", "LATENT"), ("latents.latent1", "LATENT")],
-                             optional=[(f"latents.latent{i}", "LATENT") for i in range(2, 50)]),
+                             required=[("latents", "COMFY_AUTOGROW_V3")]),
     "LatentRotate": dict(category="latent/transform", display="Rotate Latent", output=["LATENT"],
                          required=[("samples", "LATENT"),
                                    ("rotation", ["none", "90 degrees", "180 degrees", "270 degrees"])]),
@@ -63,6 +62,8 @@ def test_object_info_matches_comfyui():
     assert sorted(FACTS) == sorted(cls.__name__ for cls in L.NODES)
     for cls in L.NODES:
         check_entry(cls.schema().object_info(), FACTS[cls.__name__])
+    assert L.BatchLatentsNode.schema().object_info()["input"]["required"]["latents"][1] == {"template": {
+        "input": {"required": {"latent": ["LATENT", {}]}}, "prefix": "latent", "min": 2, "max": 50}}
 
 
 def lat(values, **extra):

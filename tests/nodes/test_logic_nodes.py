@@ -20,10 +20,18 @@ BIG = sys.maxsize  # 9223372036854775807
 NUMERIC = "FLOAT,INT,BOOLEAN"
 RATIOS = ["1:1 (Square)", "3:2 (Photo)", "4:3 (Standard)", "16:9 (Widescreen)", "21:9 (Ultrawide)",
           "2:3 (Portrait Photo)", "3:4 (Portrait Standard)", "9:16 (Portrait Widescreen)"]
-# Autogrow inputs, expanded to every slot ComfyUI can grow, under the names its editor sends.
-MATH_VALUES = [(f"values.{c}", NUMERIC, ABSENT) for c in string.ascii_lowercase]  # all optional (min 1)
-GATE = [(f"values.value{i}", "*", ABSENT) for i in range(10)]  # value0 required, max 10
-LIST_INPUTS = [(f"inputs.input{i}", "*", ABSENT) for i in range(10)]
+# Autogrow inputs: one COMFY_AUTOGROW_V3 entry each, its template as ComfyUI declares it (AUTOGROW).
+GROWN = "COMFY_AUTOGROW_V3"
+AUTOGROW = {
+    "ComfyMathExpression": ("values", {"template": {"input": {"required": {}, "optional": {"value": [NUMERIC, {}]}},
+                                                    "names": list(string.ascii_lowercase), "min": 1}}),
+    "ComfyAndNode": ("values", {"template": {"input": {"required": {"value": ["*", {}]}}, "prefix": "value",
+                                             "min": 1, "max": 10}}),
+    "ComfyOrNode": ("values", {"template": {"input": {"required": {"value": ["*", {}]}}, "prefix": "value",
+                                            "min": 1, "max": 10}}),
+    "CreateList": ("inputs", {"template": {"input": {"required": {"input": ["*", {}]}}, "prefix": "input",
+                                           "min": 1, "max": 10}}),
+}
 
 # node: category, display name, outputs (types, names), required / optional rows
 # (name, type, default, min, max, step); ABSENT = ComfyUI declares none.
@@ -35,12 +43,12 @@ FACTS = {
     "PrimitiveBoolean": ("utilities/primitive", "Boolean", ["BOOLEAN"], ["BOOLEAN"],
                          [("value", "BOOLEAN", ABSENT)], []),
     "ComfyMathExpression": ("utilities", "Math Expression", ["FLOAT", "INT", "BOOLEAN"], ["FLOAT", "INT", "BOOL"],
-                            [("expression", "STRING", "a + b")], MATH_VALUES),
+                            [("expression", "STRING", "a + b"), ("values", GROWN, ABSENT)], []),
     "ComfySwitchNode": ("utilities/logic", "If/Else Switch", ["*"], ["output"], [("switch", "BOOLEAN", ABSENT)],
                         [("on_false", "*", ABSENT), ("on_true", "*", ABSENT)]),
     "ComfyNotNode": ("utilities/logic", "Not", ["BOOLEAN"], ["BOOLEAN"], [("value", "*", ABSENT)], []),
-    "ComfyAndNode": ("utilities/logic", "And", ["BOOLEAN"], ["BOOLEAN"], GATE[:1], GATE[1:]),
-    "ComfyOrNode": ("utilities/logic", "Or", ["BOOLEAN"], ["BOOLEAN"], GATE[:1], GATE[1:]),
+    "ComfyAndNode": ("utilities/logic", "And", ["BOOLEAN"], ["BOOLEAN"], [("values", GROWN, ABSENT)], []),
+    "ComfyOrNode": ("utilities/logic", "Or", ["BOOLEAN"], ["BOOLEAN"], [("values", GROWN, ABSENT)], []),
     "ComfyNumberConvert": ("math", "Number Convert", ["FLOAT", "INT"], ["FLOAT", "INT"],
                            [("value", "INT,FLOAT,STRING,BOOLEAN", ABSENT)], []),
     "CustomCombo": ("utilities", "Custom Combo", ["STRING", "INT"], ["STRING", "INDEX"], [("choice", [], ABSENT)],
@@ -48,7 +56,7 @@ FACTS = {
     "ResolutionSelector": ("utilities", "Resolution Selector", ["INT", "INT"], ["width", "height"],
                            [("aspect_ratio", RATIOS, "1:1 (Square)"), ("megapixels", "FLOAT", 1.0, 0.1, 16.0, 0.1),
                             ("multiple", "INT", 8, 8, 128, 4), ("minimum", "INT", 256, 32, 4096, 32)], []),
-    "CreateList": ("utilities", "Create List", ["*"], ["list"], LIST_INPUTS[:1], LIST_INPUTS[1:]),
+    "CreateList": ("utilities", "Create List", ["*"], ["list"], [("inputs", GROWN, ABSENT)], []),
     "GetItemFromList": ("utilities", "Get Item From List", ["*"], ["*"],
                         [("list", "*", ABSENT), ("index", "INT", 0, ABSENT, ABSENT, ABSENT)], []),
 }
@@ -68,6 +76,9 @@ def test_object_info_matches_comfyui(name):
         assert all(info["input"]["optional"][n][1]["lazy"] for n in ("on_false", "on_true"))
     if name == "ComfyMathExpression":
         assert info["input"]["required"]["expression"][1]["multiline"] is True
+    if name in AUTOGROW:
+        group, options = AUTOGROW[name]
+        assert info["input"]["required"][group] == [GROWN, options]
     if name == "ResolutionSelector":
         assert all(info["input"]["required"][n][1]["advanced"] for n in ("multiple", "minimum"))
 

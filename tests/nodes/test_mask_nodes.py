@@ -40,10 +40,9 @@ FACTS = {
     "ThresholdMask": dict(category="mask", display="Threshold Mask", output=["MASK"],
                           required=[("mask", "MASK"), ("value", "FLOAT", 0.5, 0.0, 1.0, 0.01)]),
     "MaskPreview": dict(category="mask", display="Preview Mask", output=[], required=[("mask", "MASK")]),
-    # Autogrow 'masks' (template MASK, prefix 'mask', min 2, max 50), as its API inputs are named.
+    # Autogrow 'masks' (template MASK, prefix 'mask', min 2, max 50): one entry, checked below.
     "BatchMasksNode": dict(category="mask", display="Batch Masks", output=["MASK"],
-                           required=[("masks.mask0", "MASK"), ("masks.mask1", "MASK")],
-                           optional=[(f"masks.mask{i}", "MASK") for i in range(2, 50)]),
+                           required=[("masks", "COMFY_AUTOGROW_V3")]),
 }
 
 
@@ -55,6 +54,8 @@ def test_object_info_matches_comfyui(tmp_folders):
     assert info["input"]["required"]["image"][1]["image_upload"] is True
     assert M.MaskPreview.schema().object_info()["output_node"] is True
     assert M.GrowMask.schema().object_info()["input"]["required"]["tapered_corners"][1]["advanced"] is True
+    assert M.BatchMasksNode.schema().object_info()["input"]["required"]["masks"][1] == {"template": {
+        "input": {"required": {"mask": ["MASK", {}]}}, "prefix": "mask", "min": 2, "max": 50}}
 
 
 def _png(path, array, mode):
