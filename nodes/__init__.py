@@ -5,6 +5,7 @@ functions that need them, so `genloom validate` and `genloom nodes` stay fast.""
 PACKS = [
     "genloom.nodes.primitives",
     "genloom.nodes.text",
+    "genloom.nodes.text_generation",
     "genloom.nodes.logic",
     "genloom.nodes.loaders",
     "genloom.nodes.conditioning",
