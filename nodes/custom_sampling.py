@@ -47,12 +47,6 @@ class KSamplerSelect(Node):
     outputs = [Out("SAMPLER")]
 
     def run(self, sampler_name):
-        from genloom.diffusion.sampling import k_samplers
-        from genloom.engine.errors import NodeInputError
-
-        if sampler_name not in k_samplers.SAMPLERS:
-            raise NodeInputError("sampler_name", f"{sampler_name!r} runs only in KSampler (it is "
-                                 "backed by a diffusers scheduler, not a sigma-space sampler)")
         return (_sampler(sampler_name),)
 
 
@@ -104,6 +98,17 @@ class SamplerDPMPP_2S_Ancestral(Node):
         return (_sampler("dpmpp_2s_ancestral", eta=eta, s_noise=s_noise),)
 
 
+class SamplerEulerAncestralCFGPP(Node):
+    category = _CAT + "/samplers"
+    display_name = "SamplerEulerAncestralCFG++"
+    inputs = [Float("eta", 1.0, min=0.0, max=1.0, step=0.01, round=False),
+              Float("s_noise", 1.0, min=0.0, max=10.0, step=0.01, round=False)]
+    outputs = [Out("SAMPLER")]
+
+    def run(self, eta, s_noise):
+        return (_sampler("euler_ancestral_cfg_pp", eta=eta, s_noise=s_noise),)
+
+
 class SamplerLMS(Node):
     category = _CAT + "/samplers"
     inputs = [Int("order", 4, min=1, max=100)]
@@ -111,6 +116,72 @@ class SamplerLMS(Node):
 
     def run(self, order):
         return (_sampler("lms", order=order),)
+
+
+def _option(name, default, lo=0.0, hi=100.0):
+    return Float(name, default, min=lo, max=hi, step=0.01, round=False)
+
+
+class SamplerDPMAdaptative(Node):
+    category = _CAT + "/samplers"
+    inputs = [Int("order", 3, min=2, max=3), _option("rtol", 0.05), _option("atol", 0.0078),
+              _option("h_init", 0.05), _option("pcoeff", 0.0), _option("icoeff", 1.0),
+              _option("dcoeff", 0.0), _option("accept_safety", 0.81), _option("eta", 0.0),
+              _option("s_noise", 1.0)]
+    outputs = [Out("SAMPLER")]
+
+    def run(self, order, rtol, atol, h_init, pcoeff, icoeff, dcoeff, accept_safety, eta, s_noise):
+        return (_sampler("dpm_adaptive", order=order, rtol=rtol, atol=atol, h_init=h_init, pcoeff=pcoeff,
+                         icoeff=icoeff, dcoeff=dcoeff, accept_safety=accept_safety, eta=eta,
+                         s_noise=s_noise),)
+
+
+class SamplerER_SDE(Node):
+    category = _CAT + "/samplers"
+    inputs = [Combo("solver_type", ["ER-SDE", "Reverse-time SDE", "ODE"]), Int("max_stage", 3, min=1, max=3),
+              Float("eta", 1.0, min=0.0, max=100.0, step=0.01, round=False,
+                    tooltip="Stochastic strength of reverse-time SDE.\nWhen eta=0, it reduces to "
+                            "deterministic ODE. This setting doesn't apply to ER-SDE solver type."),
+              _S_NOISE]
+    outputs = [Out("SAMPLER")]
+
+    def run(self, solver_type, max_stage, eta, s_noise):
+        if solver_type == "ODE" or (solver_type == "Reverse-time SDE" and eta == 0):
+            eta, s_noise = 0.0, 0.0
+        return (_sampler("er_sde", solver_type=solver_type, max_stage=max_stage, eta=eta, s_noise=s_noise),)
+
+
+class SamplerSASolver(Node):
+    category = _CAT + "/samplers"
+    inputs = [_MODEL, Float("eta", 1.0, min=0.0, max=10.0, step=0.01, round=False),
+              Float("sde_start_percent", 0.2, min=0.0, max=1.0, step=0.001),
+              Float("sde_end_percent", 0.8, min=0.0, max=1.0, step=0.001), _S_NOISE,
+              Int("predictor_order", 3, min=1, max=6), Int("corrector_order", 4, min=0, max=6),
+              Boolean("use_pece"), Boolean("simple_order_2")]
+    outputs = [Out("SAMPLER")]
+
+    def run(self, model, eta, sde_start_percent, sde_end_percent, s_noise, predictor_order,
+            corrector_order, use_pece, simple_order_2):
+        # The tau interval is resolved against the MODEL the sampler runs on (its model sampling).
+        return (_sampler("sa_solver", eta=eta, sde_start_percent=sde_start_percent,
+                         sde_end_percent=sde_end_percent, s_noise=s_noise, predictor_order=predictor_order,
+                         corrector_order=corrector_order, use_pece=bool(use_pece),
+                         simple_order_2=bool(simple_order_2)),)
+
+
+class SamplerSEEDS2(Node):
+    category = _CAT + "/samplers"
+    description = ("seeds_2 by default; exp_heun_2_x0 is solver_type phi_2, r 1.0, eta 0.0; "
+                   "exp_heun_2_x0_sde is phi_2, r 1.0, eta 1.0, s_noise 1.0.")
+    inputs = [Combo("solver_type", ["phi_1", "phi_2"]),
+              Float("eta", 1.0, min=0.0, max=100.0, step=0.01, round=False, tooltip="Stochastic strength"),
+              Float("s_noise", 1.0, min=0.0, max=100.0, step=0.01, round=False, tooltip="SDE noise multiplier"),
+              Float("r", 0.5, min=0.01, max=1.0, step=0.01, round=False,
+                    tooltip="Relative step size for the intermediate stage (c2 node)")]
+    outputs = [Out("SAMPLER")]
+
+    def run(self, solver_type, eta, s_noise, r):
+        return (_sampler("seeds_2", solver_type=solver_type, eta=eta, s_noise=s_noise, r=r),)
 
 
 # ---- schedules --------------------------------------------------------------------------------
@@ -322,7 +393,9 @@ class SamplerCustomAdvanced(Node):
 
 
 NODES = [SamplerCustom, SamplerCustomAdvanced, KSamplerSelect, SamplerEulerAncestral,
-         SamplerDPMPP_2M_SDE, SamplerDPMPP_3M_SDE, SamplerDPMPP_SDE, SamplerDPMPP_2S_Ancestral, SamplerLMS,
+         SamplerEulerAncestralCFGPP, SamplerDPMPP_2M_SDE, SamplerDPMPP_3M_SDE, SamplerDPMPP_SDE,
+         SamplerDPMPP_2S_Ancestral, SamplerLMS, SamplerDPMAdaptative, SamplerER_SDE, SamplerSASolver,
+         SamplerSEEDS2,
          BasicScheduler, KarrasScheduler, ExponentialScheduler, PolyexponentialScheduler, LaplaceScheduler,
          VPScheduler, BetaSamplingScheduler, SDTurboScheduler, ManualSigmas, SplitSigmas, SplitSigmasDenoise,
          FlipSigmas, SetFirstSigma, RandomNoise, DisableNoise, AddNoise, CFGGuider, BasicGuider]

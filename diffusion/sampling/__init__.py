@@ -1,9 +1,9 @@
-"""Sampling on diffusers schedulers with ComfyUI's sampler and scheduler names.
+"""Sampling with ComfyUI's sampler and scheduler names, in sigma space (docs/sampling.md).
 
-schedulers.py  the name tables (plain data, no torch) and building a scheduler for a name pair
-plan.py        which scheduler entries a run covers and the noise level of each boundary
-noise.py       seeded noise, noise masks, clean-latent predictions
+schedulers.py  the name tables (plain data, no torch)
+k_samplers.py  every sampler name (k_*.py hold the algorithms)
+noise.py       seeded noise, noise masks
 guidance.py    conditioning prepared for the UNet and classifier-free guidance
 preview.py     latent previews without the VAE
-loop.py        `sample()`: the denoising loop
+loop.py        `sample()`: KSampler's sigmas, then sigma_loop.sample_sigmas
 """

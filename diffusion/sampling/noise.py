@@ -1,8 +1,6 @@
-"""Noise and latent conversions: seeded starting noise, noise masks, clean-latent predictions."""
+"""Seeded starting noise and noise masks."""
 
 from __future__ import annotations
-
-import math
 
 
 def initial_noise(latent: dict, seed: int):
@@ -37,15 +35,3 @@ def prepare_mask(mask, latent_shape, device):
         reps = -(-b // m.shape[0])
         m = m.repeat(reps, 1, 1, 1)[:b]
     return m
-
-
-def predict_x0(model_out, sample, sigma: float, space: str, prediction_type: str):
-    """The clean latent implied by one model output at noise level `sigma` (VE), in VE units."""
-    alpha = 1.0 / math.sqrt(1.0 + sigma * sigma)
-    x_vp = sample * alpha if space == "ve" else sample
-    if prediction_type == "epsilon":
-        return (x_vp - (sigma * alpha) * model_out) / alpha
-    if prediction_type == "v_prediction":
-        return alpha * x_vp - (sigma * alpha) * model_out
-    return model_out
-

@@ -17,6 +17,8 @@ def latent_preview(latents, max_size: int = 256):
     from PIL import Image
 
     x = latents[0].detach().float()
+    if x.ndim == 4:  # a video latent [C, T, h, w]: its first frame
+        x = x[:, 0]
     if x.shape[0] == 4:
         factors = torch.tensor(LATENT_RGB, dtype=torch.float32, device=x.device)
         rgb = torch.einsum("chw,cr->hwr", x, factors)

@@ -23,6 +23,7 @@ from genloom.engine import context
 
 from . import k_samplers, latent_formats
 from .denoiser import Denoiser, Guider
+from .latent_formats import VIDEO_KINDS
 from .model_sampling import of_model
 from .noise import prepare_mask
 from .preview import latent_preview
@@ -41,10 +42,12 @@ def unet_dtype(device: str, options: dict):
 
 
 def default_noise_sampler(x, seed: int):
-    """Ancestral noise: a generator on x's device seeded with the run's seed."""
+    """Ancestral noise: a generator on x's device seeded with the run's seed (seed + 1 on the CPU,
+    as ComfyUI, where the seed alone would repeat the starting noise)."""
     import torch
 
-    gen = torch.Generator(device=x.device).manual_seed(int(seed) % (2 ** 64))
+    seed = int(seed) + (1 if x.device.type == "cpu" else 0)
+    gen = torch.Generator(device=x.device).manual_seed(seed % (2 ** 64))
     return lambda sigma, sigma_next: torch.randn(x.shape, dtype=x.dtype, device=x.device, generator=gen)
 
 
@@ -76,6 +79,27 @@ class BrownianNoise:
         return (w / math.sqrt(abs(b - a))).to(self.device)
 
 
+class _Masked:
+    """The denoiser under a noise mask (ComfyUI's KSamplerX0Inpaint): outside the mask x is the input
+    latent noised to sigma and the prediction is the input latent. The unconditional prediction the
+    CFG++ samplers read stays the unmasked one, as in ComfyUI. A model_options
+    "denoise_mask_function" (DifferentialDiffusion) may change the mask at every call."""
+
+    def __init__(self, inner, ms, mask, noise, latent_in, mask_fn=None, extra=None):
+        self.inner, self.ms, self.mask, self.noise, self.latent_in = inner, ms, mask, noise, latent_in
+        self.mask_fn, self.extra = mask_fn, extra or {}
+
+    @property
+    def uncond_denoised(self):
+        return getattr(self.inner, "uncond_denoised", None)
+
+    def __call__(self, x, sigma):
+        mask = self.mask if self.mask_fn is None else self.mask_fn(sigma, self.mask, self.extra)
+        known = self.ms.noise_scaling(sigma, self.noise, self.latent_in)
+        out = self.inner(x * mask + known * (1.0 - mask), sigma)
+        return out * mask + self.latent_in * (1.0 - mask)
+
+
 @dataclass(frozen=True)
 class Sampler:
     """A SAMPLER: a k_samplers name and its options (eta, s_noise, ...)."""
@@ -92,9 +116,11 @@ def sample_sigmas(guider: Guider, sampler: Sampler, sigmas, latent: dict, noise,
     samples = latent["samples"]
     model = guider.model
     want = int(model.latent_channels)
-    if samples.ndim != 4 or samples.shape[1] != want:
+    video = getattr(model, "kind", "") in VIDEO_KINDS  # 5-D latents [batch, channels, frames, h, w]
+    if samples.ndim != (5 if video else 4) or samples.shape[1] != want:
+        axes = "frames, height, width" if video else "height, width"
         raise SamplingError(f"latent_image has shape {tuple(samples.shape)} but this model takes "
-                            f"[batch, {want}, height, width] latents")
+                            f"[batch, {want}, {axes}] latents")
     if sampler.name not in k_samplers.SAMPLERS:
         raise SamplingError(f"sampler {sampler.name!r} is not supported; choose one of "
                             f"{', '.join(k_samplers.SAMPLER_NAMES)}")
@@ -127,15 +153,17 @@ def sample_sigmas(guider: Guider, sampler: Sampler, sigmas, latent: dict, noise,
 
     def run():
         with torch.no_grad(), model.use(device, unet_dtype(device, options)) as unet:
-            need_uncond = bool(getattr(k_samplers.SAMPLERS[sampler.name], "needs_uncond", False))
-            denoise = Denoiser(guider, unet, ms, tuple(latent_in.shape), device, need_uncond)
+            need_uncond = sampler.name in k_samplers.CFG_PP
+            denoise = Denoiser(guider, unet, ms, tuple(latent_in.shape), device, need_uncond,
+                               inputs={"latent_image": latent_in, "denoise_mask": mask})
             if mask is not None:
-                inner = denoise
-
-                def denoise(x, sigma):  # noqa: F811 - the masked wrapper
-                    known = ms.noise_scaling(sigma, noise, latent_in)
-                    out = inner(x * mask + known * (1.0 - mask), sigma)
-                    return out * mask + latent_in * (1.0 - mask)
+                known = noise
+                if sampler.name in k_samplers.INPAINT_RANDOM_NOISE:  # ComfyUI: a second generator
+                    gen = torch.Generator().manual_seed((int(seed) + 1) % (2 ** 64))
+                    known = torch.randn(noise.shape, generator=gen).to(device=device, dtype=noise.dtype)
+                denoise = _Masked(denoise, ms, mask, known, latent_in,
+                                  (model.model_options or {}).get("denoise_mask_function"),
+                                  {"model": model, "model_sampling": ms, "sigmas": sigmas})
             positive = sigmas[sigmas > 0]
             if sampler.name in k_samplers.BROWNIAN:
                 noiser = BrownianNoise(x, float(positive.min()), float(sigmas.max()), seed,
@@ -143,7 +171,8 @@ def sample_sigmas(guider: Guider, sampler: Sampler, sigmas, latent: dict, noise,
             else:
                 noiser = default_noise_sampler(x, seed)
             opts = dict(sampler.options)
-            step_ctx = k_samplers.StepContext(ms, noiser, callback, eta=float(opts.pop("eta", 1.0)),
+            eta = float(opts.pop("eta", k_samplers.ETA_DEFAULT.get(sampler.name, 1.0)))
+            step_ctx = k_samplers.StepContext(ms, noiser, callback, eta=eta,
                                               s_noise=float(opts.pop("s_noise", 1.0)))
             return k_samplers.SAMPLERS[sampler.name](denoise, x, sigmas.tolist(), step_ctx, **opts)
 
