@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+from .engine.budgets import add_limit_arguments, limit_options
 from .runtime import thread_count
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "most 8; or GENLOOM_THREADS / OMP_NUM_THREADS)")
     run.add_argument("--output", dest="outputs", action="extend", nargs="+", metavar="NODE_ID",
                      help="run only what these nodes need (partial execution)")
+    add_limit_arguments(run)
     run.add_argument("--traceback", action="store_true", help="print the full traceback of a failing node")
     run.add_argument("--sweep", action="append", default=[], metavar="NODE_ID.INPUT=V1,V2,...",
                      help="run once per value (repeatable: the cartesian product of all sweeps)")
@@ -66,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(val)
     val.add_argument("--output", dest="outputs", action="extend", nargs="+", metavar="NODE_ID",
                      help="check only what these nodes need")
+    add_limit_arguments(val)
     val.set_defaults(handler=cmd_validate)
 
     nodes = sub.add_parser("nodes", help="list the installed node types",
@@ -82,6 +85,17 @@ def build_parser() -> argparse.ArgumentParser:
     graph.add_argument("--dot", action="store_true", help="print Graphviz DOT instead of the summary")
     graph.add_argument("--json", action="store_true", help="print the summary as JSON")
     graph.set_defaults(handler=cmd_graph)
+
+    plugins = sub.add_parser("plugins", help="check ComfyUI node packs before using them",
+                             description="Work with plugin folders of node packs.")
+    plugin_sub = plugins.add_subparsers(dest="plugins_command", metavar="ACTION", required=True)
+    check = plugin_sub.add_parser("check", help="load each pack of a folder and say what it needs",
+                                  description="Import every pack of DIR as genloom loads it and print, per "
+                                              "pack, its nodes or why it failed, with the requirement that "
+                                              "provides a missing module and what to pip install. genloom "
+                                              "never installs anything; exit 1 when a pack failed.")
+    check.add_argument("folder", type=Path, metavar="DIR", help="a plugins folder (like ComfyUI's custom_nodes)")
+    check.set_defaults(handler=cmd_plugins_check)
 
     sub.add_parser("serve", help="serve ComfyUI's API and web editor (genloom serve --help)", add_help=False)
     return parser
@@ -127,6 +141,8 @@ def _report_plugin_problems(problems) -> None:
     for problem in problems:
         where = problem["source"] + (f" / {problem['node']}" if problem.get("node") else "")
         first = str(problem["message"]).strip().splitlines()[0] if problem.get("message") else ""
+        if problem.get("requirement"):
+            first += f" (the pack requires {problem['requirement']!r}; see genloom plugins check)"
         print(f"warning: node pack {where}: {first}", file=sys.stderr)
 
 
@@ -204,7 +220,7 @@ def cmd_validate(args) -> int:
 
     registry = _registry(args)
     workflow = _load(args.workflow, registry)
-    token = context.use(context.RunContext(device_choice="cpu", folders=_folders(args)))
+    token = context.use(context.RunContext(device_choice="cpu", folders=_folders(args), options=limit_options(args)))
     try:
         result = validate(workflow.graph, registry, args.outputs)
     finally:
@@ -277,6 +293,40 @@ def cmd_nodes(args) -> int:
 
 
 
+def cmd_plugins_check(args) -> int:
+    from .runtime import build_registry
+
+    if not args.folder.is_dir():
+        raise UsageError(f"{args.folder} is not a folder")
+    registry = build_registry([args.folder], entry_points_too=False)
+    to_install: list[str] = []
+    failed = 0
+    for name, pack in registry.packs.items():
+        error = pack["error"]
+        if error is None:
+            web = f", web extension {pack['web_dir']}" if pack["web_dir"] else ""
+            print(f"ok      {name}: {pack['nodes']} node(s){web}")
+            continue
+        failed += 1
+        print(f"FAILED  {name}: {error['message'].strip().splitlines()[0]}")
+        module = error.get("missing_module")
+        if module and error.get("requirement"):
+            print(f"        missing module {module!r}: the pack requires {error['requirement']!r} "
+                  f"({error['requirements_file']})")
+            to_install.append(error["requirement"])
+        elif module:
+            print(f"        missing module {module!r}: no requirement of the pack names it")
+    for problem in registry.problems:
+        if problem.get("node"):
+            print(f"warning {problem['source']} / {problem['node']}: {str(problem['message']).strip()}")
+    print(f"{len(registry.packs) - failed} of {len(registry.packs)} pack(s) loaded")
+    if to_install:
+        print("to install what is missing (genloom installs nothing itself):")
+        print("  pip install " + " ".join(f"'{r}'" if any(c in r for c in "<>=!~; ") else r
+                                          for r in dict.fromkeys(to_install)))
+    return EXIT_FAILED if failed else EXIT_OK
+
+
 def cmd_run(args) -> int:
     import genloom
     from .runtime import Engine, set_threads
@@ -285,6 +335,7 @@ def cmd_run(args) -> int:
     engine = Engine(registry=_registry(args), cache=args.cache, device=args.device,
                     models_dirs=args.models_dir or None, input_dir=args.inputs or args.input_dir,
                     output_dir=args.output_dir)
+    engine.options.update(limit_options(args))
     workflow = _load(args.workflow, engine.registry)
     _apply_overrides(workflow, args.overrides, engine.registry)
     if args.sweep or args.inputs or args.ray:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 
+from . import compat
 from .engine import api, plugins
 from .engine.registry import Registry
 from .nodes import PACKS
@@ -21,14 +22,24 @@ _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def build_registry(plugins_dirs=(), entry_points_too: bool = True, builtins: bool = True) -> Registry:
-    """Built-in packs, installed entry points, then each plugins folder."""
-    return plugins.build_registry(PACKS if builtins else (), plugins_dirs, entry_points_too)
+    """Built-in packs, installed entry points, then each plugins folder. Loading plugin folders
+    installs ComfyUI's module names (genloom.compat) first: the packs import them."""
+    return plugins.build_registry(PACKS if builtins else (), plugins_dirs, entry_points_too,
+                                  prepare=compat.prepare_load)
 
 
 class Engine(api.Engine):
     """`genloom.Engine`: the engine with genloom's built-in node packs."""
 
     builtin_packs = tuple(PACKS)
+
+    def __init__(self, plugins_dir=None, *args, registry: Registry | None = None,
+                 load_builtins: bool = True, **kwargs):
+        if registry is None and plugins_dir is not None:
+            registry = build_registry([plugins_dir], entry_points_too=load_builtins, builtins=load_builtins)
+        super().__init__(None, *args, registry=registry, load_builtins=load_builtins, **kwargs)
+        if compat.installed():
+            compat.bind(self)  # folder_paths & co. outside a run answer for this engine
 
 
 def default_threads(cpus: int | None = None) -> int:

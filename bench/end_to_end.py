@@ -10,6 +10,8 @@ Cases (printed as one table, genloom / pipeline = ratio, target <= 1.05):
                cache, sharing the pipeline's modules: the cost of the node layer itself.
   sd15/nodes   the same with the full-size SD1.5 UNet/VAE/CLIP architecture (random weights from
                the shipped config), small resolution, 2 steps: per-step overhead on a real-size net.
+  flux/nodes   Flux.1 dev at its real width through CLIPTextEncode + FluxGuidance + KSampler +
+               VAEDecode against FluxPipeline, bfloat16, 1 step (bench/flux_case.py says the depth).
 The tiny model is models/diffusers/genloom-tiny when it exists, else one built from small configs.
 Times are the best of --reps runs, wall clock and process CPU time (CPU time is steadier on a
 shared machine). The device is CUDA when torch sees one (float16 UNet on both sides), else the CPU.
@@ -184,6 +186,10 @@ def main(argv=None):
     parser.add_argument("--device", default="auto")
     parser.add_argument("--skip-full", action="store_true", help="skip the full-size SD1.5 case")
     parser.add_argument("--full-size", type=int, default=128, help="pixels for the SD1.5 case")
+    parser.add_argument("--skip-flux", action="store_true", help="skip the Flux case")
+    parser.add_argument("--flux-size", type=int, default=256, help="pixels for the Flux case")
+    parser.add_argument("--flux-depth", default="auto",
+                        help="double,single blocks for the Flux case (auto: 19,38 on CUDA, 1,2 on the CPU)")
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads (1 gives steady figures on a shared machine)")
     args = parser.parse_args(argv)
@@ -220,6 +226,13 @@ def main(argv=None):
                 ref, nodes = best_of([run_pipeline(pipe, fl * 8, 2, args.cfg),
                                       run_nodes(full, fl, 2, args.cfg)], max(1, args.reps // 2), device)
                 rows.append(("sd15/nodes", nodes, ref))
+            if not args.skip_flux:
+                from flux_case import flux_row
+
+                depth = None if args.flux_depth == "auto" else tuple(int(v) for v in args.flux_depth.split(","))
+                row, note = flux_row(device, args.flux_size, depth, max(1, args.reps // 2), best_of)
+                print(note)
+                rows.append(row)
         finally:
             context.reset(token)
     report(rows)

@@ -23,6 +23,7 @@ from .cache import Cache, make_cache
 from .errors import ExecutionError, Interrupted, WorkflowError
 from .execution import Execution
 from .folders import Folders, default_models_dirs
+from .coroutines import run_sync
 from .plugins import build_registry
 from .registry import Registry
 from .resources import Resources
@@ -70,6 +71,8 @@ class Engine:
         self.resources = Resources()
         self._interrupt = threading.Event()
         self._lock = threading.Lock()
+        self._abandon_lock = threading.Lock()
+        self._running: tuple | None = None  # (lock, interrupt flag, execution) of the run in progress
         self._kinds: dict = {}
 
     # ---- workflows ----------------------------------------------------------------------------
@@ -101,26 +104,7 @@ class Engine:
     def run(self, workflow, outputs: list[str] | None = None, on_event: Callable[[str, dict], Any] | None = None,
             prompt_id: str | None = None, extra_data: dict | None = None) -> RunResult:
         """Run to completion in this thread (events are delivered synchronously from it)."""
-        coro = self._run(workflow, outputs, on_event, prompt_id, extra_data)
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return asyncio.run(coro)
-        # Called from inside an event loop (a notebook, a coroutine): run on a helper thread.
-        box: dict = {}
-
-        def target():
-            try:
-                box["result"] = asyncio.run(coro)
-            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
-                box["error"] = exc
-
-        thread = threading.Thread(target=target, name="genloom-run")
-        thread.start()
-        thread.join()
-        if "error" in box:
-            raise box["error"]
-        return box["result"]
+        return run_sync(self._run(workflow, outputs, on_event, prompt_id, extra_data), "genloom-run")
 
     async def run_async(self, workflow, outputs: list[str] | None = None, on_event=None,
                         prompt_id: str | None = None, extra_data: dict | None = None) -> RunResult:
@@ -134,15 +118,16 @@ class Engine:
         if validation.error is not None:
             raise WorkflowError(validation.error, validation.node_errors)
         prompt_id = prompt_id or str(uuid.uuid4())
-        while not self._lock.acquire(blocking=False):  # polling stays safe if this task is cancelled
+        while not (lock := self._lock).acquire(blocking=False):  # polling stays safe if this task is cancelled
             await asyncio.sleep(0.01)
         try:
-            self._interrupt.clear()
+            flag = self._interrupt = threading.Event()  # this run's own: an abandoned run stays interrupted
             ctx = context.RunContext(device_choice=self.device, folders=self.folders,
-                                     emit=on_event or _quiet, interrupt_flag=self._interrupt,
+                                     emit=on_event or _quiet, interrupt_flag=flag,
                                      prompt_id=prompt_id, options=self.options, resources=self.resources,
                                      _device=self._device)
             execution = Execution(self.registry, self.cache, ctx, on_event, wf.graph, extra_data, self._kinds)
+            self._running = (lock, flag, execution)
             token = context.use(ctx)
             try:
                 with _gc_paused():
@@ -150,12 +135,14 @@ class Engine:
                 await execution.execute()
             finally:
                 context.reset(token)
-                self._device = ctx._device
-                self.cache.end_run(execution.cache_keys())
+                if lock is self._lock:  # not abandoned: the next run has not begun
+                    self._running = None
+                    self._device = ctx._device
+                    self.cache.end_run(execution.cache_keys())
                 if on_event is not None:
                     on_event("executing", {"node": None, "display_node": None, "prompt_id": prompt_id})
         finally:
-            self._lock.release()
+            lock.release()
         executed = set(execution.executed)
         return RunResult(prompt_id=prompt_id, outputs=execution.outputs, executed=execution.executed,
                          cached=_unique([i for i in execution.listed_cached if i not in executed]
@@ -189,6 +176,22 @@ class Engine:
     def interrupt(self) -> None:
         """Stop the run in progress (thread-safe); completed nodes stay cached."""
         self._interrupt.set()
+
+    def abandon(self) -> bool:
+        """Give up on the run in progress when a node in it never checks for interrupts: its flag
+        stays set (it stops at its next check), it stores nothing more in the cache, and the next run
+        starts at once instead of waiting for it. Returns whether a run was abandoned. Python cannot
+        stop the thread itself; it ends when the node returns."""
+        with self._abandon_lock:
+            running = self._running
+            if running is None or running[0] is not self._lock:
+                return False
+            _lock, flag, execution = running
+            flag.set()
+            execution.stale = True  # results finished from now on are not stored
+            self._running = None
+            self._lock = threading.Lock()
+            return True
 
     def add_free_hook(self, fn: Callable[[], Any]) -> None:
         """`fn()` is called by `free()` after the engine's model owners have released their models."""

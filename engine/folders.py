@@ -17,17 +17,31 @@ MODEL_FOLDERS = {
     "style_models": (".pth", ".model", ".safetensors", ".pt"),
     "vgg": (".pth", ".safetensors"),
     "embeddings": (".safetensors", ".pt", ".bin"),
+    "controlnet": (".safetensors", ".ckpt", ".pt", ".pth", ".bin"),  # ControlNets and T2I-Adapters
     "diffusers": (),  # folders, not files
+    "diffusion_models": (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin"),
+    "text_encoders": (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin"),
+    "clip_vision": (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin"),
 }
+# Kinds whose files ComfyUI finds in more than one folder of each models dir, in its search order;
+# the legacy kind names ("unet", "clip") mean the same.
+SUBFOLDERS = {"diffusion_models": ("unet", "diffusion_models"), "text_encoders": ("text_encoders", "clip"),
+              "controlnet": ("controlnet", "t2i_adapter")}
+KIND_ALIASES = {"unet": "diffusion_models", "clip": "text_encoders"}
+
+
+def subfolders(kind: str) -> tuple[str, ...]:
+    """The folder names under a models dir that hold models of `kind`."""
+    kind = KIND_ALIASES.get(kind, kind)
+    return SUBFOLDERS.get(kind, (kind,))
 
 
 class UnsafePath(ValueError):
     """A requested path that would leave its allowed folder."""
 
 
-def safe_join(base: str | os.PathLike, *parts: str) -> Path:
-    """Join untrusted parts under `base`, refusing '..', absolute parts and links that lead out."""
-    root = Path(base).resolve()
+def _check_parts(parts) -> None:
+    """Refuse absolute parts and '..' segments: what a request may never name."""
     for part in parts:
         if part is None:
             continue
@@ -35,11 +49,38 @@ def safe_join(base: str | os.PathLike, *parts: str) -> Path:
             raise UnsafePath(f"absolute path not allowed: {part!r}")
         if any(seg == ".." for seg in part.replace("\\", "/").split("/")):
             raise UnsafePath(f"'..' not allowed in path: {part!r}")
+
+
+def safe_join(base: str | os.PathLike, *parts: str) -> Path:
+    """Join untrusted parts under `base`, refusing '..', absolute parts and links that lead out."""
+    root = Path(base).resolve()
+    _check_parts(parts)
     path = root.joinpath(*[p for p in parts if p])
     resolved = path.resolve()
     if resolved != root and root not in resolved.parents:
         raise UnsafePath(f"path leaves its folder: {'/'.join(p for p in parts if p)!r}")
     return resolved
+
+
+def model_join(base: str | os.PathLike, name: str) -> Path:
+    """A model name under a models folder: '..' and absolute names are refused as in `safe_join`, but
+    links the user placed inside the folder (a file or folder linked from another disk) are trusted,
+    as ComfyUI follows them; the path is returned unresolved, so it keeps the name the user sees."""
+    _check_parts([name])
+    return Path(base).resolve().joinpath(name)
+
+
+def _model_files(folder: Path):
+    """Every file under `folder`, following linked folders (each real folder visited once)."""
+    seen: set[str] = set()
+    for top, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        for name in files:
+            yield Path(top) / name
 
 
 @dataclass
@@ -53,26 +94,24 @@ class Folders:
 
     def list_models(self, kind: str) -> list[str]:
         """Names (relative paths) of the models of one kind, for COMBO options."""
-        exts = MODEL_FOLDERS.get(kind, ())
+        exts = MODEL_FOLDERS.get(KIND_ALIASES.get(kind, kind), ())
         found: set[str] = set()
-        for base in self.models_dirs:
-            folder = Path(base) / kind
+        for folder in (Path(base) / sub for base in self.models_dirs for sub in subfolders(kind)):
             if not folder.is_dir():
                 continue
             if kind == "diffusers":
                 found.update(p.name for p in folder.iterdir() if (p / "model_index.json").is_file())
                 continue
-            for path in folder.rglob("*"):
+            for path in _model_files(folder):
                 if path.is_file() and path.suffix.lower() in exts:
                     found.add(path.relative_to(folder).as_posix())
         return sorted(found)
 
     def model_path(self, kind: str, name: str) -> Path:
         """The file (or folder) for a model name from a COMBO; never outside the model folders."""
-        for base in self.models_dirs:
-            folder = Path(base) / kind
+        for folder in (Path(base) / sub for base in self.models_dirs for sub in subfolders(kind)):
             if folder.is_dir():
-                path = safe_join(folder, name)
+                path = model_join(folder, name)
                 if path.exists():
                     return path
         raise FileNotFoundError(f"{kind} model {name!r} not found in {[str(p) for p in self.models_dirs]}")

@@ -20,6 +20,8 @@ class Registry:
     def __init__(self):
         self.nodes: dict[str, NodeSchema] = {}
         self.problems: list[dict] = []  # {"source", "node"?, "message"}: reported, never fatal
+        # plugin folder packs: name -> {"name", "path", "nodes", "web_dir", "error"} (engine.plugins)
+        self.packs: dict[str, dict] = {}
 
     def __contains__(self, name: str) -> bool:
         return name in self.nodes

@@ -200,12 +200,30 @@ class NodeCheck:
                                 f"{name}: {problem}", received_value=value))
                             continue
             inputs[name] = value
+        if schema.extra_info and schema.extra_info.get("any_input"):
+            self._undeclared(raw, schema, inputs, errors, deps)
         if custom is not None:
             error = self._custom(schema, inputs, raw, received_types)
             if error is not None:
                 errors.append(error)
         title = (node.get("_meta") or {}).get("title")
         return ValidNode(node_id, schema.name, schema, inputs, title), errors, deps
+
+    def _undeclared(self, raw: dict, schema: NodeSchema, inputs: dict, errors: list, deps: list) -> None:
+        """Inputs a V1 node never declared but whose INPUT_TYPES claims every name (ComfyUI passes
+        them on): links to existing outputs and constants, as they are."""
+        for name, value in raw.items():
+            if name in schema.by_name or value is None:
+                continue
+            value = parse_input(value) if type(value) in _CONTAINERS else value
+            if isinstance(value, Link):
+                source = self.schemas.get(value.node)
+                if source is None or not 0 <= value.slot < len(source.outputs):
+                    errors.append(_err("bad_linked_input", "Bad linked input, the source node or output does "
+                                       "not exist", f"{name}: {list(value)}", input_name=name))
+                    continue
+                deps.append(value.node)
+            inputs[name] = value
 
     @staticmethod
     def _custom(schema: NodeSchema, inputs: dict, raw: dict, received_types: dict) -> dict | None:

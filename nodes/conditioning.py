@@ -75,6 +75,27 @@ class CLIPTextEncodeSDXL(Node):
                          "crop_h": crop_h, "target_width": target_width, "target_height": target_height}]],)
 
 
+class CLIPTextEncodeSDXLRefiner(Node):
+    """Encodes a prompt for the SDXL refiner (CLIP-G) with its aesthetic score and original size."""
+
+    category = "advanced/conditioning"
+    inputs = [Float("ascore", 6.0, min=0.0, max=1000.0, step=0.01,
+                    tooltip="Aesthetic score the refiner is told (ComfyUI's negative default is 2.5)."),
+              Int("width", 1024, min=64, max=MAX_RESOLUTION, tooltip="Original image width the model is told."),
+              Int("height", 1024, min=64, max=MAX_RESOLUTION, tooltip="Original image height."),
+              String("text", "", multiline=True, dynamicPrompts=True, tooltip="The prompt."),
+              Input("clip", "CLIP")]
+    outputs = [Out("CONDITIONING")]
+
+    @classmethod
+    def fingerprint(cls, text=""):
+        return _embeddings_stamp(text)
+
+    def run(self, ascore, width, height, text, clip):
+        cond, pooled = _encode(clip, text)
+        return ([[cond, {"pooled_output": pooled, "aesthetic_score": ascore, "width": width, "height": height}]],)
+
+
 class ConditioningCombine(Node):
     """Joins two conditionings: the sampler uses both (their predictions are averaged)."""
 
@@ -231,6 +252,6 @@ class ConditioningConcat(Node):
         return ([[torch.cat([c, src], dim=1), dict(extra)] for c, extra in conditioning_to],)
 
 
-NODES = [CLIPTextEncode, CLIPTextEncodeSDXL, ConditioningCombine, ConditioningSetArea, ConditioningZeroOut,
+NODES = [CLIPTextEncode, CLIPTextEncodeSDXL, CLIPTextEncodeSDXLRefiner, ConditioningCombine, ConditioningSetArea, ConditioningZeroOut,
          ConditioningSetTimestepRange, ConditioningAverage, ConditioningConcat, ConditioningSetMask,
          ConditioningSetAreaPercentage, ConditioningSetAreaStrength]

@@ -65,7 +65,7 @@ def _load(input_name: str, path, build, tag: str = ""):
 
 
 class CheckpointLoaderSimple(Node):
-    """Loads a Stable Diffusion checkpoint (SD1.x, SD2.x, SDXL single file) with its text encoder and VAE."""
+    """Loads a checkpoint (SD1.x, SD2.x, SDXL, or an all-in-one SD3/SD3.5 file) with its text encoder and VAE."""
 
     category = "loaders"
     display_name = "Load Checkpoint"

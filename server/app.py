@@ -21,12 +21,13 @@ from pathlib import Path
 
 from aiohttp import web
 
-from ..engine.budgets import DEFAULT_MAX_BATCH, DEFAULT_MAX_PIXELS
+from ..engine.budgets import DEFAULT_MAX_BATCH, DEFAULT_MAX_PIXELS, add_limit_arguments, limit_options
 from ..engine.sizes import parse_size
 from ..runtime import set_threads, thread_count
 from . import openapi
 from .endpoints import Endpoint, register
 from .engine_service import EngineService
+from .extensions import Extensions, add_pack_routes, attach, prompt_server
 from .files import Files
 from .job_routes import JobRoutes
 from .logs import LogBuffer
@@ -35,9 +36,10 @@ from .security import WeakToken, check_token, is_loopback, make_middlewares
 from .services import OffLoopPrompts
 from .store import Store
 from .system_routes import SystemRoutes
+from .templates import Templates, web_extension
 from .userdata import DEFAULT_QUOTA, UserData
 from .views import status_payload
-from .worker import Worker
+from .worker import DEFAULT_INTERRUPT_GRACE, Worker
 from .ws import Hub
 
 log = logging.getLogger("genloom.server")
@@ -65,6 +67,7 @@ class Config:
     max_bytes: int | None = None  # the largest image batch a node may declare; None: the memory available
     user_quota: int = DEFAULT_QUOTA  # bytes in the user folder (settings, saved workflows)
     shutdown_grace: float = 10.0
+    interrupt_grace: float = DEFAULT_INTERRUPT_GRACE  # seconds before a node that ignores /interrupt is abandoned
     threads: int | None = None  # torch CPU threads; None: runtime.default_threads()
     editor: bool = True
     argv: list[str] = field(default_factory=list)
@@ -102,7 +105,7 @@ class Server:
             engine = Engine(registry=build_registry(config.plugins_dirs or ()), cache=config.cache,
                             device=config.device, models_dirs=config.models_dirs, input_dir=dirs["input"],
                             output_dir=dirs["output"], temp_dir=dirs["temp"])
-        engine.options.update(max_pixels=config.max_pixels, max_batch=config.max_batch, max_bytes=config.max_bytes)
+        engine.options.update(limit_options(config))
         for problem in engine.registry.problems:
             log.warning("node pack %s: %s", problem.get("source"), problem.get("message", "").strip())
         self.engine = engine
@@ -112,7 +115,7 @@ class Server:
                         len(self.store.recovered))
         self.prompts = OffLoopPrompts(self.store)  # the queue, history and jobs services of the routes
         self.hub = Hub(self.status, {"supports_preview_metadata": False, "max_upload_size": config.max_upload})
-        self.worker = Worker(engine, self.store, self.hub) if not config.ray else self._cluster(dirs)
+        self.worker = Worker(engine, self.store, self.hub, config.interrupt_grace) if not config.ray else self._cluster(dirs)
         self.files = Files(dirs, config.max_upload, config.max_pixels)
         self.userdata = UserData(data / "user", config.user_quota)
         self.logs = LogBuffer(self.hub)
@@ -130,7 +133,12 @@ class Server:
         engine, queue = EngineService(self.engine, self.config.device), self.prompts
         if self.config.ray:  # the workers' devices in /system_stats, where prompts run in /queue
             engine, queue = self.cluster.adapt(self.worker, engine, queue)
-        return [*PromptRoutes(queue, self.prompts, self.worker, self.hub, engine).endpoints(),
+        packs = prompt_server()
+        on_prompt = packs.trigger_on_prompt if packs is not None else None  # handlers, client_id
+        return [*PromptRoutes(queue, self.prompts, self.worker, self.hub, engine, on_prompt).endpoints(),
+                *Extensions({**self.engine.registry.packs, **web_extension()},
+                            frontend_static() if self.config.editor else None).endpoints(),
+                *Templates(self.engine.registry, self.files.folder("input")).endpoints(),
                 *JobRoutes(self.prompts, self.worker, self.hub).endpoints(),
                 *SystemRoutes(engine, self.files, self.hub.server_flags, self.config.argv).endpoints(),
                 *self.files.endpoints(), *self.hub.endpoints(), *self.userdata.endpoints(),
@@ -146,6 +154,9 @@ def build_app(server: Server) -> web.Application:
     app = web.Application(client_max_size=config.max_upload + MiB,
                           middlewares=make_middlewares(config.token, is_loopback(config.host)))
     register(app, server.endpoints())
+    packs = prompt_server()
+    if packs is not None:
+        add_pack_routes(app, packs)
     static = frontend_static() if config.editor else None
     if static is not None:
         index = static / "index.html"
@@ -162,11 +173,15 @@ def build_app(server: Server) -> web.Application:
 
     async def on_startup(app):
         server.hub.loop = asyncio.get_running_loop()
+        if packs is not None:
+            attach(packs, server.hub, app)
         logging.getLogger("genloom").addHandler(server.logs)
         server.worker.start()
 
     async def on_cleanup(app):
         logging.getLogger("genloom").removeHandler(server.logs)
+        if packs is not None:
+            packs.detach()
 
     app.on_startup.append(on_startup)
     app.on_cleanup.append(on_cleanup)
@@ -202,8 +217,7 @@ async def serve(server: Server, ready=None, stop: asyncio.Event | None = None) -
         clean = await loop.run_in_executor(None, server.worker.stop, config.shutdown_grace)
         server.stopped_cleanly = clean
         if not clean:
-            log.warning("the running prompt did not stop within %.0f s; it was marked failed",
-                        config.shutdown_grace)
+            log.warning("a running node did not stop within %.0f s; its prompt was marked", config.shutdown_grace)
         await server.hub.close_all()
         await runner.cleanup()
         server.close()
@@ -223,17 +237,14 @@ def parse_args(argv: list[str]) -> Config:
     p.add_argument("--token", default=os.environ.get("GENLOOM_TOKEN"),
                    help="access token (required when binding anything but loopback; env GENLOOM_TOKEN)")
     p.add_argument("--max-upload-mb", type=int, default=50, help="largest accepted upload (default 50)")
-    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
-                   help=f"largest picture in pixels, every frame counted: uploads, LoadImage, empty latents "
-                        f"(default {DEFAULT_MAX_PIXELS})")
-    p.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH,
-                   help=f"largest batch a node may declare (default {DEFAULT_MAX_BATCH})")
-    p.add_argument("--max-bytes", type=parse_size, default=None,
-                   help="largest image batch a node may declare, e.g. 8GB (default: the memory available)")
+    add_limit_arguments(p)
     p.add_argument("--user-quota", type=parse_size, default=DEFAULT_QUOTA,
                    help="largest total size of the user folder: settings and saved workflows (default 1GB)")
     p.add_argument("--shutdown-grace", type=float, default=10.0,
                    help="seconds a running prompt gets to stop on SIGTERM/SIGINT (default 10)")
+    p.add_argument("--interrupt-grace", type=float, default=DEFAULT_INTERRUPT_GRACE,
+                   help="seconds a running node gets to notice /interrupt; a node that never checks is then "
+                        f"abandoned and the queue goes on (default {DEFAULT_INTERRUPT_GRACE:g})")
     p.add_argument("--threads", type=thread_count, help="CPU threads for torch (default: half the cores, at most 8; "
                    "or GENLOOM_THREADS / OMP_NUM_THREADS)")
     p.add_argument("--no-editor", action="store_true", help="serve the API only")
@@ -250,6 +261,7 @@ def parse_args(argv: list[str]) -> Config:
                   device=args.device, token=args.token or None, max_upload=args.max_upload_mb * MiB,
                   editor=not args.no_editor, threads=args.threads, max_pixels=args.max_pixels,
                   max_batch=args.max_batch, max_bytes=args.max_bytes, user_quota=args.user_quota, shutdown_grace=args.shutdown_grace,
+                  interrupt_grace=args.interrupt_grace,
                   argv=["genloom", "serve", *argv],
                   ray=args.ray, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
                   cpus_per_worker=args.cpus_per_worker, ship_code=args.ship_code)

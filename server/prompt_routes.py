@@ -43,8 +43,9 @@ async def _clear_or_delete(request, delete) -> None:
 
 class PromptRoutes:
     def __init__(self, queue: QueueService, history: HistoryService, runner: Runner, hub: Hub,
-                 engine: EngineService):
+                 engine: EngineService, on_prompt=None):
         self.queue, self.history, self.runner, self.hub, self.engine = queue, history, runner, hub, engine
+        self.on_prompt = on_prompt  # node packs' on-prompt handlers (body -> body), or None
 
     def endpoints(self) -> list[Endpoint]:
         rejected = {400: PromptRejected, 413: PromptRejected}
@@ -68,6 +69,8 @@ class PromptRoutes:
 
     async def _post_prompt(self, request):
         body = await read_json(request)
+        if self.on_prompt is not None and isinstance(body, dict):
+            body = self.on_prompt(body)
         if isinstance(body, dict) and body.get("prompt") is None:
             raise RequestError(400, _NO_PROMPT["message"], {"error": _NO_PROMPT, "node_errors": {}})
         submitted = parse(PromptBody, body)

@@ -47,9 +47,8 @@ class SystemRoutes:
             Endpoint("GET", "/experiment/models/{folder}", self.experiment_models_in, errors=missing),
             Endpoint("GET", "/internal/folder_paths", self.folder_paths),
             Endpoint("GET", "/internal/files/{kind}", self.list_files),
-            *(Endpoint("GET", path, _constant(value), summary="empty: genloom has no templates")
-              for path, value in (("/i18n", {}), ("/workflow_templates", {}),
-                                  ("/global_subgraphs", {}), ("/node_replacements", {}))),
+            *(Endpoint("GET", path, _constant(value), summary="empty: genloom has none")
+              for path, value in (("/i18n", {}), ("/global_subgraphs", {}), ("/node_replacements", {}))),
         ]
 
     async def object_info(self, request):

@@ -11,7 +11,7 @@ import networkx as nx
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCE = ["engine", "diffusion", "nodes", "server", "cluster", "runtime.py", "cli.py", "__init__.py"]
+SOURCE = ["engine", "diffusion", "nodes", "compat", "server", "cluster", "runtime.py", "cli.py", "__init__.py"]
 MAX_LINES = 600
 
 # layer -> the genloom layers it may import (itself included)
@@ -19,10 +19,11 @@ ALLOWED = {
     "engine": {"engine"},
     "diffusion": {"engine", "diffusion"},
     "nodes": {"engine", "diffusion", "nodes"},
-    "runtime": {"engine", "nodes", "runtime"},
-    "server": {"engine", "runtime", "server", "genloom"},  # genloom: the version string
+    "compat": {"engine", "diffusion", "nodes", "compat"},  # ComfyUI's module names for plugin packs
+    "runtime": {"engine", "nodes", "compat", "runtime"},
+    "server": {"engine", "runtime", "compat", "server", "genloom"},  # genloom: the version string
     "cluster": {"engine", "runtime", "server", "cluster", "genloom"},  # above the server: a Runner for it
-    "cli": {"engine", "runtime", "server", "cluster", "cli", "genloom"},
+    "cli": {"engine", "runtime", "compat", "server", "cluster", "cli", "genloom"},
     "genloom": {"engine", "runtime", "genloom"},
 }
 

@@ -34,7 +34,7 @@ def test_object_info_round_trip_and_signature(name):
     assert INFO_KEYS <= set(info) and info["name"] == name
     assert json.loads(json.dumps(info)) == info  # strict JSON: what the editor receives is what we hold
     for section in ("required", "optional"):  # each section in declaration order
-        declared = [s.name for s in schema.inputs if s.section == section]
+        declared = [name for where, name, _entry in schema.exported_inputs() if where == section]
         assert info["input_order"].get(section, []) == declared
     assert len(info["output"]) == len(info["output_is_list"]) == len(info["output_name"]) == len(schema.outputs)
     check_signature(schema)  # raises when run() cannot take the declared inputs

@@ -26,11 +26,14 @@ from genloom.diffusion.prompt_weights import (EMBEDDING_PREFIX, embedding_refere
                                               parse_weights)
 
 from .embeddings import EmbeddingLookup
+from .llm_encoding import encode_qwen_image, encode_z_image
 from .lora import patched
 from .owner import model_owner
 
 KEEP_WHOLE_BELOW = 8  # tokens: a shorter group moves to the next window instead of being cut
 ENCODER_KEYS = {1: ("clip_l",), 2: ("clip_l", "clip_g")}  # embedding file keys per encoder
+# (the SDXL refiner's one encoder is CLIP-G: "clip_g", encoded as SDXL's big encoder)
+# (split encoders use their role names: clip_l, clip_g, t5xxl)
 
 
 def _window(tokenizer, encoder) -> int:
@@ -100,8 +103,10 @@ def prompt_windows(tokenizer, encoder, text: str, lookup: EmbeddingLookup, key: 
 
 
 def _ids_and_vectors(windows, tokenizer, width: int, lookup: EmbeddingLookup):
-    """Token ids per window, and (window, position, vector) for the embedding vectors."""
+    """Token ids per window, and (window, position, vector) for the embedding vectors (whose
+    placeholder id is the start token's; T5, which has none, the padding's)."""
     bos, _eos, pad = _specials(tokenizer)
+    bos = pad if bos is None else bos
     ids, vectors = [], []
     for row, window in enumerate(windows):
         line = []
@@ -151,16 +156,42 @@ def _weigh(hidden, windows):
     return torch.where(weights != 1.0, (rows - empty) * weights + empty, rows)
 
 
+def _encode_rows(clip, target: str, tokenizer, encoder, windows, empty, lookup, pick):
+    """Encode windows of (token, weight) pairs in one batch (the empty prompt's window added when
+    weights need it). `pick(encoder, output)` -> (hidden [n, T, D], pooled [n, P] or None).
+    Returns (hidden [1, n*T, D] weighted, pooled [1, P] of the first window or None), float32 CPU."""
+    import torch
+
+    weighted = any(w != 1.0 for window in windows for _t, w in window)
+    rows = windows + empty if weighted else windows
+    width = encoder.get_input_embeddings().embedding_dim
+    toks, vectors = _ids_and_vectors(rows, tokenizer, width, lookup)
+    where = getattr(clip, "device", None)
+    with torch.no_grad(), model_owner().memory.use(encoder, where) as enc, patched(enc, clip.patches, target):
+        device = next(enc.parameters()).device
+        ids = torch.tensor(toks, dtype=torch.long, device=device)
+        with _vectors_in(enc, vectors):
+            hidden, pooled = pick(enc, enc(ids, output_hidden_states=True))
+        hidden = hidden.float().cpu()
+        pooled = None if pooled is None else pooled[:1].float().cpu()
+    if weighted:
+        hidden = _weigh(hidden, windows)
+    return hidden.reshape(1, -1, hidden.shape[-1]), pooled
+
+
 def encode_prompt(clip, text: str, text_2: str):
     """-> (cond [1, T, D] float32 CPU, pooled [1, P] float32 CPU or None)."""
     import torch
 
+    if clip.kind in FAMILY_ENCODERS or clip.family_encode is not None:  # one prompt for every encoder
+        return encode_texts(clip, {role: text for role in clip.roles})
     two = len(clip.text_encoders) == 2
-    texts = (text, text_2) if two else (text,)
+    refiner = clip.kind == "sdxl_refiner"
+    texts = (text, text_2) if two else (text_2 if refiner else text,)
     lookup = EmbeddingLookup()
     pairs = list(zip(clip.tokenizers, clip.text_encoders))
-    token_lists = [prompt_windows(tok, enc, t, lookup, key)
-                   for (tok, enc), t, key in zip(pairs, texts, ENCODER_KEYS[len(pairs)])]
+    keys = ("clip_g",) if refiner else ENCODER_KEYS[len(pairs)]
+    token_lists = [prompt_windows(tok, enc, t, lookup, key) for (tok, enc), t, key in zip(pairs, texts, keys)]
     n = max(len(t) for t in token_lists)
     empties = [prompt_windows(tok, enc, "", lookup) for tok, enc in pairs]
     for windows, empty in zip(token_lists, empties):
@@ -169,26 +200,123 @@ def encode_prompt(clip, text: str, text_2: str):
     stop = int(clip.stop_at_layer)
     outputs, pooled = [], None
     for idx, ((tokenizer, encoder), windows) in enumerate(zip(pairs, token_lists)):
-        weighted = any(w != 1.0 for window in windows for _t, w in window)
-        rows = windows + empties[idx] if weighted else windows
-        width = encoder.get_input_embeddings().embedding_dim
-        toks, vectors = _ids_and_vectors(rows, tokenizer, width, lookup)
+        if two or refiner:  # SDXL: penultimate layer (one more per CLIPSetLastLayer step), no final norm
+            def pick(_enc, out, big=idx == 1 or refiner):
+                return out.hidden_states[stop - 1], (out[0] if big else None)
+        else:
+            def pick(enc, out):
+                return (out[0] if stop == -1 else _final_norm(enc)(out.hidden_states[stop])), out[1]
         target = "text_encoder" if idx == 0 else "text_encoder_2"
-        with torch.no_grad(), model_owner().memory.use(encoder) as enc, patched(enc, clip.patches, target):
-            device = next(enc.parameters()).device
-            ids = torch.tensor(toks, dtype=torch.long, device=device)
-            with _vectors_in(enc, vectors):
-                out = enc(ids, output_hidden_states=True)
-            if two:
-                # SDXL: penultimate layer (one more per CLIPSetLastLayer step), no final norm.
-                hidden = out.hidden_states[stop - 1]
-                if idx == 1:
-                    pooled = out[0][:1].float().cpu()
-            else:
-                hidden = out[0] if stop == -1 else _final_norm(enc)(out.hidden_states[stop])
-                pooled = out[1][:1].float().cpu()
-            hidden = hidden.float().cpu()
-            if weighted:
-                hidden = _weigh(hidden, windows)
-            outputs.append(hidden.reshape(1, -1, hidden.shape[-1]))
+        hidden, row_pooled = _encode_rows(clip, target, tokenizer, encoder, windows, empties[idx], lookup, pick)
+        pooled = row_pooled if row_pooled is not None else pooled
+        outputs.append(hidden)
     return torch.cat(outputs, dim=-1), pooled
+
+
+def encode_texts(clip, texts: dict):
+    """A family's own encoding with one prompt per encoder role (CLIPTextEncodeSD3's clip_l,
+    clip_g, t5xxl ...); a role whose text is None gets no tokens (its empty_padding "none")."""
+    if clip.family_encode is not None:
+        return clip.family_encode(clip, texts)
+    if clip.kind not in FAMILY_ENCODERS:
+        raise ValueError(f"a {clip.kind} text encoder takes one prompt (or SDXL's two)")
+    return FAMILY_ENCODERS[clip.kind](clip, texts)
+
+
+# -- families of split text encoders (ClipHandle.roles: clip_l, clip_g, t5xxl) ----------------
+
+# Widths ComfyUI gives an encoder missing from the set (zeros in its place).
+STANDARD_WIDTHS = {"clip_l": 768, "clip_g": 1280, "t5xxl": 4096}
+T5_MIN_TOKENS = {"sd3": 77, "flux": 256}
+
+
+def _parts(clip) -> dict:
+    return {role: (tok, enc) for role, tok, enc in zip(clip.roles, clip.tokenizers, clip.text_encoders)}
+
+
+def _width(parts: dict, role: str) -> int:
+    if role in parts:
+        return int(parts[role][1].get_input_embeddings().embedding_dim)
+    return STANDARD_WIDTHS[role]
+
+
+def t5_windows(tokenizer, groups: list[list[tuple]], min_length: int) -> list[list[tuple]]:
+    """T5's one sequence: every token, the end token, padding up to `min_length` (no windows, no
+    start token: ComfyUI's T5 tokenizer)."""
+    row = [pair for group in groups for pair in group] + [(tokenizer.eos_token_id, 1.0)]
+    return [row + [(tokenizer.pad_token_id, 1.0)] * (min_length - len(row))]
+
+
+def encode_t5(clip, parts: dict, text: str | None, min_length: int, lookup):
+    """T5's last hidden state [1, T, D]; None text: the end token alone (no tokens)."""
+    tok, enc = parts["t5xxl"]
+    width = enc.get_input_embeddings().embedding_dim
+    groups = [] if text is None else _groups(tok, text, lookup, "t5xxl", width)
+    windows = t5_windows(tok, groups, min_length if text is not None else 1)
+    empty = t5_windows(tok, [], len(windows[0]))
+    return _encode_rows(clip, "t5xxl", tok, enc, windows, empty, lookup, lambda _e, out: (out[0], None))[0]
+
+
+def encode_clips(clip, parts: dict, texts: dict, roles: tuple, lookup):
+    """CLIP-L / CLIP-G windows as SD3 and Flux take them: penultimate layer without the final norm
+    (one more per CLIPSetLastLayer step, as for SDXL), pooled output unprojected for CLIP-L (loaded
+    without projection) and projected for CLIP-G (loaded with it); the encoder with fewer windows
+    gets empty ones. -> ({role: hidden [1, T, D]}, {role: pooled [1, P]}) for the roles present."""
+    present = [r for r in roles if r in parts]
+    stop = int(clip.stop_at_layer)  # -1 (unset): the penultimate layer; CLIPSetLastLayer -2: one earlier
+    windows, empties = {}, {}
+    for role in present:
+        tok, enc = parts[role]
+        text = texts.get(role)
+        windows[role] = prompt_windows(tok, enc, "" if text is None else text, lookup, role)
+        empties[role] = prompt_windows(tok, enc, "", lookup)
+    n = max((len(w) for w in windows.values()), default=0)
+    hidden, pooled = {}, {}
+    for role in present:
+        tok, enc = parts[role]
+        windows[role].extend(empties[role] * (n - len(windows[role])))
+
+        def pick(_enc, out):  # CLIPTextModelWithProjection (CLIP-G) gives text_embeds
+            projected = getattr(out, "text_embeds", None)
+            return out.hidden_states[stop - 1], (out.pooler_output if projected is None else projected)
+        hidden[role], pooled[role] = _encode_rows(clip, role, tok, enc, windows[role], empties[role],
+                                                  lookup, pick)
+    return hidden, pooled
+
+
+def encode_sd3(clip, texts: dict):
+    """SD3's conditioning as ComfyUI builds it: [CLIP-L | CLIP-G] (zeros for a missing one) padded
+    to T5's width, then T5's 77+ tokens along the token axis; pooled = [CLIP-L | CLIP-G]."""
+    import torch
+
+    parts, lookup = _parts(clip), EmbeddingLookup()
+    out = lg = None
+    pooled = torch.zeros(1, _width(parts, "clip_l") + _width(parts, "clip_g"))
+    if texts.get("clip_l") is not None or texts.get("clip_g") is not None:
+        hidden, pools = encode_clips(clip, parts, texts, ("clip_l", "clip_g"), lookup)
+        pooled = torch.cat([pools.get(r, torch.zeros(1, _width(parts, r))) for r in ("clip_l", "clip_g")], -1)
+        if hidden:
+            tokens = next(iter(hidden.values())).shape[1]
+            lg = torch.cat([hidden.get(r, torch.zeros(1, tokens, _width(parts, r))) for r in ("clip_l", "clip_g")]
+                           if "clip_g" in hidden else [hidden["clip_l"]], dim=-1)
+            lg = torch.nn.functional.pad(lg, (0, _width(parts, "t5xxl") - lg.shape[-1]))
+            out = lg
+    if "t5xxl" in parts:
+        t5 = encode_t5(clip, parts, texts.get("t5xxl"), T5_MIN_TOKENS["sd3"], lookup)
+        out = t5 if lg is None else torch.cat([lg, t5], dim=-2)
+    if out is None:
+        out = torch.zeros(1, 77, _width(parts, "t5xxl"))
+    return out, pooled
+
+
+def encode_flux(clip, texts: dict):
+    """Flux.1's conditioning as ComfyUI builds it: T5's last hidden state over 256+ tokens; pooled =
+    CLIP-L's pooled output of its first window (CLIP-L's hidden states are not used)."""
+    parts, lookup = _parts(clip), EmbeddingLookup()
+    _hidden, pools = encode_clips(clip, parts, texts, ("clip_l",), lookup)
+    return encode_t5(clip, parts, texts.get("t5xxl"), T5_MIN_TOKENS["flux"], lookup), pools["clip_l"]
+
+
+# kind -> encode(clip, {role: text or None}) -> (cond [1, T, D], pooled [1, P])
+FAMILY_ENCODERS = {"sd3": encode_sd3, "flux": encode_flux, "qwen_image": encode_qwen_image,
+                   "z_image": encode_z_image}

@@ -23,9 +23,13 @@ ModelHandle (MODEL)
   .predict(unet, x, t, emb, extras) -> the network's output: a new family overrides these two
   .latent_format     LatentFormat or None (the family's): the sampler maps raw VAE latents in/out
   with model.use(device, dtype=None) as unet: ...   # unet on device, patches applied, pinned in VRAM
+  .clone() -> a mutable ModelPatcher facade with ComfyUI's methods (patcher.py); the handle answers
+                     ComfyUI's reads (get_model_object, model.model_sampling, load_device, ...)
 ClipHandle (CLIP)
   .encode(text, text_2=None) -> (cond [1, T, D] float32 CPU, pooled [1, P] float32 CPU)
                      SDXL: text feeds CLIP-L, text_2 (default: text) the big encoder.
+  .encode_roles({"clip_l": text, "clip_g": ..., "t5xxl": ...}) -> the same, for split encoders
+                     (kind "sd3", "flux"; `.roles` names each encoder, encoding.FAMILY_ENCODERS)
   .kind, .stop_at_layer, .text_encoders, .tokenizers
   .with_stop_at_layer(n), .with_lora(lora, strength)
 VaeHandle (VAE)
@@ -46,13 +50,18 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..errors import SamplingError
-from .encoding import encode_prompt
+from ..inpaint import concat_channels, extra_channels
+from ..model_patches import output_block_patched
+from .attention import attention_patched
+from .comfy_objects import ComfyClipMethods, ComfyVaeMethods
+from .encoding import encode_prompt, encode_texts
 from .lora import patched
 from .owner import interruptible, model_owner
+from .patcher import ComfyModelMethods
 
 
 @dataclass(frozen=True, eq=False)  # identity semantics: handles wrap live modules
-class ModelHandle:
+class ModelHandle(ComfyModelMethods):  # ComfyUI's ModelPatcher reads; clone() -> a mutable facade
     unet: Any
     scheduler_config: dict
     kind: str = "sd1"
@@ -87,11 +96,15 @@ class ModelHandle:
         return getattr(self.unet.config, "addition_embed_type", None) == "text_time"
 
     def time_ids(self, extra: dict, height: int, width: int):
-        """SDXL micro-conditioning: (orig h, w, crop top, left, target h, w) in pixels.
+        """SDXL micro-conditioning: (orig h, w, crop top, left, target h, w) in pixels; the refiner's
+        (orig h, w, crop top, left, aesthetic score) (CLIPTextEncodeSDXLRefiner's ascore, else 6).
 
         Missing values default to the image being generated, as diffusers' pipeline does."""
         import torch
 
+        if self.kind == "sdxl_refiner":
+            return torch.tensor([extra.get("height", height), extra.get("width", width), extra.get("crop_h", 0),
+                                 extra.get("crop_w", 0), extra.get("aesthetic_score", 6.0)], dtype=torch.float32)
         return torch.tensor([extra.get("height", height), extra.get("width", width),
                              extra.get("crop_h", 0), extra.get("crop_w", 0),
                              extra.get("target_height", height), extra.get("target_width", width)],
@@ -99,19 +112,31 @@ class ModelHandle:
 
     def cond_extras(self, extra: dict, height: int, width: int) -> dict:
         """What the network takes from one CONDITIONING entry besides its embedding, batch-first
-        tensors (or shared objects) that guidance batches: SDXL's pooled output and time ids."""
+        tensors (or shared objects) that guidance batches: SDXL's pooled output and time ids, and
+        the entry's ControlNet chain ("control", genloom.diffusion.controlnet.Control)."""
+        out = {} if extra.get("control") is None else {"control": extra["control"]}
+        if extra_channels(self):  # inpainting UNets: mask and masked-image latent (inpaint.py)
+            out["c_concat"] = concat_channels(self, extra, height, width)
         if not self.needs_time_ids:
-            return {}
+            return out
         if extra.get("pooled_output") is None:
             raise SamplingError("this SDXL-type model needs pooled text embeddings (pooled_output) "
                                 "in its conditioning")
-        return {"text_embeds": extra["pooled_output"],
+        return {**out, "text_embeds": extra["pooled_output"],
                 "time_ids": self.time_ids(extra, height, width).reshape(1, -1)}
 
     def predict(self, unet, x, t, emb, extras: dict):
-        """One call of the network on a batch (the one place the UNet is called while sampling)."""
-        added = {"added_cond_kwargs": extras} if extras else {}
-        return unet(x, t, encoder_hidden_states=emb, return_dict=False, **added)[0]
+        """One call of the network on a batch (the one place the UNet is called while sampling);
+        a ControlNet chain adds its residuals; an inpainting UNet gets its extra channels."""
+        import torch
+
+        added = {k: v for k, v in extras.items() if k not in ("control", "c_concat")}
+        kwargs = {"added_cond_kwargs": added} if added else {}
+        if extras.get("control") is not None:
+            kwargs.update(extras["control"].unet_inputs(self, x, t, emb, added))
+        if extras.get("c_concat") is not None:
+            x = torch.cat([x, extras["c_concat"].to(x.dtype)], dim=1)
+        return unet(x, t, encoder_hidden_states=emb, return_dict=False, **kwargs)[0]
 
     def with_lora(self, lora, strength: float) -> "ModelHandle":
         if strength == 0 or not lora.has_unet:
@@ -121,12 +146,14 @@ class ModelHandle:
     @contextmanager
     def use(self, device: str | None = None, dtype=None):
         with model_owner().memory.use(self.unet, device, dtype) as unet:
-            with patched(unet, self.patches, "unet"), interruptible(unet):
+            with patched(unet, self.patches, "unet"), interruptible(unet), \
+                    attention_patched(unet, self.model_options), \
+                    output_block_patched(unet, self.model_options):
                 yield unet
 
 
 @dataclass(frozen=True, eq=False)
-class ClipHandle:
+class ClipHandle(ComfyClipMethods):  # ComfyUI's CLIP methods; clone() -> a mutable facade
     """One or two (SDXL) tokenizer + text encoder pairs.
 
     `stop_at_layer` follows CLIPSetLastLayer: -1 is the model's own output, -2 one layer earlier..."""
@@ -137,6 +164,13 @@ class ClipHandle:
     stop_at_layer: int = -1
     patches: tuple = ()
     name: str = ""
+    # Split text encoders (SD3, Flux): the role of each encoder ("clip_l", "clip_g", "t5xxl"), in
+    # the order of `text_encoders`; empty for SD1/SD2/SDXL, whose encoders are positional.
+    roles: tuple = ()
+    device: str | None = None  # where the encoders run; None: the run's device (CLIPLoader's "device")
+    # A family's own encode(clip, {role: text}) -> (cond, pooled) where encoding.py lists none (its
+    # module would otherwise import encoding.py's importers): Wan's UMT5.
+    family_encode: Any = None
 
     def with_stop_at_layer(self, layer: int) -> "ClipHandle":
         return replace(self, stop_at_layer=int(layer))
@@ -150,9 +184,13 @@ class ClipHandle:
         """Same numbers as the diffusers pipeline's encode_prompt for this kind of model."""
         return encode_prompt(self, text, text if text_2 is None else text_2)
 
+    def encode_roles(self, texts: dict):
+        """SD3/Flux: one prompt per encoder role ({"clip_l": ..., "t5xxl": ...}; None: no tokens)."""
+        return encode_texts(self, texts)
+
 
 @dataclass(frozen=True, eq=False)
-class VaeHandle:
+class VaeHandle(ComfyVaeMethods):  # ComfyUI's VAE methods (tiled passes, compression ratios)
     vae: Any  # AutoencoderKL with base weights
     name: str = ""
 

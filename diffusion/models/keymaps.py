@@ -18,6 +18,9 @@ PREFIXES = {
     "sdxl": {"unet": "model.diffusion_model.", "vae": "first_stage_model.",
              "text_encoder": ("hf", "conditioner.embedders.0.transformer."),
              "text_encoder_2": ("openclip", "conditioner.embedders.1.model.")},
+    # the SDXL refiner: CLIP-G alone (diffusers' text_encoder_2) as the first embedder
+    "sdxl_refiner": {"unet": "model.diffusion_model.", "vae": "first_stage_model.",
+                     "text_encoder_2": ("openclip", "conditioner.embedders.0.model.")},
 }
 
 
@@ -213,3 +216,35 @@ def text_from_ldm(state: dict, layout: str, prefix: str, num_layers: int | None 
                     out[f"encoder.layers.{i}.{b}.{rest[len(a) + 1:]}"] = tensor
                     break
     return out
+
+
+# -- ControlNets and T2I-Adapters ---------------------------------------------------------------
+
+def controlnet_map(cfg: dict) -> dict[str, str]:
+    """diffusers ControlNetModel prefix -> the original (cldm) prefix, without 'control_model.'.
+
+    The copy of the UNet's encoder keeps the UNet's names; the zero convolutions and the hint
+    encoder have their own (the hint encoder alternates convolutions and SiLUs in one Sequential)."""
+    m = {k: v for k, v in unet_map({**cfg, "up_block_types": []}).items()
+         if not k.startswith(("conv_norm_out.", "conv_out."))}
+    layers = _per_block(cfg.get("layers_per_block", 2), len(cfg["down_block_types"]))
+    outputs = 1 + sum(layers) + len(layers) - 1  # conv_in, every resnet, every downsampler
+    for i in range(outputs):
+        m[f"controlnet_down_blocks.{i}."] = f"zero_convs.{i}.0."
+    m["controlnet_mid_block."] = "middle_block_out.0."
+    hint = list(cfg.get("conditioning_embedding_out_channels") or (16, 32, 96, 256))
+    m["controlnet_cond_embedding.conv_in."] = "input_hint_block.0."
+    for j in range(2 * (len(hint) - 1)):
+        m[f"controlnet_cond_embedding.blocks.{j}."] = f"input_hint_block.{2 * (j + 1)}."
+    m["controlnet_cond_embedding.conv_out."] = f"input_hint_block.{2 * (2 * (len(hint) - 1) + 1)}."
+    return m
+
+
+def t2i_adapter_map(levels: int, res_blocks: int) -> dict[str, str]:
+    """diffusers T2IAdapter prefix -> the original (TencentARC) prefix: one flat list of resnets."""
+    m = {"adapter.conv_in.": "conv_in."}
+    for i in range(levels):
+        m[f"adapter.body.{i}.in_conv."] = f"body.{i * res_blocks}.in_conv."
+        for j in range(res_blocks):
+            m[f"adapter.body.{i}.resnets.{j}."] = f"body.{i * res_blocks + j}."
+    return m

@@ -44,6 +44,8 @@ def load_dtype(stored):
 def kind_of(unet_config: dict, text_configs: list[dict]) -> str:
     if unet_config.get("addition_embed_type") == "text_time" and len(text_configs) == 2:
         return "sdxl"
+    if unet_config.get("addition_embed_type") == "text_time" and len(text_configs) <= 1:
+        return "sdxl_refiner"  # CLIP-G only, aesthetic-score time ids
     if unet_config.get("use_linear_projection") or (text_configs and text_configs[0].get("hidden_act") == "gelu"):
         return "sd2"
     return "sd1"
@@ -70,8 +72,11 @@ _HINT = ("; a model of non-standard size needs its diffusers folder or a single 
          "genloom's save_single_file, which carries its configuration")
 
 
-def build_module(cls, config: dict, state: dict, what: str):
-    """Instantiate `cls` from `config` without random init, then take the weights from `state`."""
+def build_module(cls, config: dict, state: dict, what: str, buffers=None):
+    """Instantiate `cls` from `config` without random init, then take the weights from `state`.
+
+    `buffers(module)` may set the computed buffers no file holds (rotary tables) for real, right after
+    the module is built on the meta device."""
     import torch
 
     config = {k: v for k, v in config.items() if k not in ("_name_or_path",)}
@@ -80,6 +85,8 @@ def build_module(cls, config: dict, state: dict, what: str):
             module = cls.from_config(config)
         else:
             module = cls(cls.config_class(**config))
+    if buffers is not None:
+        buffers(module)
     expected = set(module.state_dict().keys())
     state = {_expected_name(k, expected): v for k, v in state.items()}
     missing = sorted(expected - set(state))

@@ -18,7 +18,7 @@ from pathlib import Path
 from genloom.diffusion.errors import CheckpointError
 from genloom.engine.folders import path_stamp
 
-from . import keymaps
+from . import keymaps, lora_flux
 from .owner import model_owner
 from .weights import read_state_dict
 
@@ -84,6 +84,11 @@ def load_lora(path: Path) -> LoraWeights:
     path = Path(path)
     stamp = (str(path.resolve()), path_stamp(path))
     state, _ = read_state_dict(path)
+    return lora_from_state(state, path.name, stamp)
+
+
+def lora_from_state(state: dict, file_name: str, stamp: tuple | None = None) -> LoraWeights:
+    """A LoRA from its state dict (a file's, or one a plugin loaded itself: stamp None)."""
     groups: dict = {}
     unused = []
     for key, tensor in state.items():
@@ -102,17 +107,18 @@ def load_lora(path: Path) -> LoraWeights:
     for key in [k for k, v in groups.items() if "up" not in v or "down" not in v]:
         unused.append(".".join(key))
         del groups[key]
+    groups = lora_flux.expand(groups)
     if not groups:
-        raise CheckpointError(f"{path.name} holds no LoRA weights (lora_down/lora_up or lora_A/lora_B)")
-    return LoraWeights(path.stem, groups, unused, stamp)
+        raise CheckpointError(f"{file_name} holds no LoRA weights (lora_down/lora_up or lora_A/lora_B)")
+    return LoraWeights(Path(file_name).stem, groups, unused, stamp)
 
 
 def _split_target(base: str):
     base = base.removeprefix("base_model.model.")
-    for prefix, target in _KOHYA_TARGETS + _PEFT_TARGETS:
+    for prefix, target in _KOHYA_TARGETS + _PEFT_TARGETS + tuple((p, "unet") for p in lora_flux.PREFIXES):
         if base.startswith(prefix):
             return target, _clean(base[len(prefix):])
-    if base.startswith(("down_blocks", "up_blocks", "mid_block")):
+    if base.startswith(("down_blocks", "up_blocks", "mid_block") + lora_flux.BARE):
         return "unet", _clean(base)
     return None, base
 

@@ -2,14 +2,17 @@
 
 genloom's own single files carry what they need to load anywhere, in the safetensors metadata:
   "genloom.format": "1"
-  "genloom.kind": "sd1" | "sd2" | "sdxl"
+  "genloom.kind": "sd1" | "sd2" | "sdxl" | "sdxl_refiner"
   "genloom.configs": JSON {"unet": ..., "vae": ..., "text_encoder": ..., "text_encoder_2"?: ...,
                            "scheduler": ...}   (the diffusers config dicts)
   "genloom.tokenizers": JSON [{file name: text, ...}, ...] per tokenizer; only its settings
                         files when it uses the shipped CLIP vocabulary (diffusion/configs).
 Other checkpoints are recognised by their key families (SD1: cond_stage_model.transformer, SD2:
-cond_stage_model.model, SDXL: conditioner.embedders) and loaded with the shipped configs in
-diffusion/configs/<kind>/, with input/output/latent channels read from the weights.
+cond_stage_model.model, SDXL: conditioner.embedders, the SDXL refiner: conditioner.embedders.0.model
+alone) and loaded with the shipped configs in
+diffusion/configs/<kind>/, with input/output/latent channels read from the weights. All-in-one
+transformer checkpoints (SD3/SD3.5, Flux) load part by part: the diffusion model through its family
+(families/), the text encoders as their own files would (text_encoders.py), the VAE from its shapes.
 """
 
 from __future__ import annotations
@@ -21,19 +24,27 @@ from genloom.diffusion.errors import CheckpointError
 
 from . import keymaps
 from .loading import CONFIGS, TOKENIZER_FILES, Bundle, handles_from_components, kind_of, make_tokenizer
-from .weights import read_header, read_state_dict
+from .weights import exact_keys, read_header, read_state_dict
 
 TEXT_PARTS = ("text_encoder", "text_encoder_2")
+# All-in-one transformer checkpoints (SD3/SD3.5, Flux): the diffusion model under
+# model.diffusion_model.* (a family of families/), text encoders under text_encoders.<role>.transformer.*,
+# the VAE under first_stage_model.*
+TRANSFORMER_KEYS = ("model.diffusion_model.joint_blocks.", "model.diffusion_model.double_blocks.")
 
 
 def detect_kind(state: dict) -> str:
     keys = state.keys()
     if any(k.startswith("conditioner.embedders.1.model.") for k in keys):
         return "sdxl"
+    if any(k.startswith("conditioner.embedders.0.model.") for k in keys):
+        return "sdxl_refiner"
     if any(k.startswith("cond_stage_model.model.") for k in keys):
         return "sd2"
     if any(k.startswith("cond_stage_model.transformer.") for k in keys):
         return "sd1"
+    if any(k.startswith(TRANSFORMER_KEYS) for k in keys):
+        return "dit"
     if any(k.startswith("model.diffusion_model.") for k in keys):
         raise CheckpointError("this checkpoint has a diffusion model but no known text encoder "
                               "(SD1/SD2/SDXL); only those architectures load from a single file")
@@ -52,13 +63,9 @@ def checkpoint_problem(path: Path) -> str | None:
     if "genloom.configs" in meta:
         return None
     conv_in = shapes.get("model.diffusion_model.input_blocks.0.0.weight")
-    if conv_in is not None and len(conv_in) == 4 and conv_in[1] != 4:
-        return (f"an inpainting checkpoint ({conv_in[1]}-channel UNet input): genloom cannot sample "
-                "with inpainting models yet; use a regular checkpoint")
-    embedders = {k.split(".")[2] for k in shapes if k.startswith("conditioner.embedders.")}
-    if embedders == {"0"} and any(k.startswith("conditioner.embedders.0.model.") for k in shapes):
-        return ("an SDXL refiner checkpoint (CLIP-G text encoder only): genloom cannot load refiners "
-                "yet; use an SDXL base checkpoint")
+    if conv_in is not None and len(conv_in) == 4 and conv_in[1] not in (4, 9):
+        return (f"a {conv_in[1]}-channel UNet input: genloom samples regular (4) and inpainting (9) "
+                "UNets only")
     try:
         detect_kind(shapes)
     except CheckpointError as exc:
@@ -122,6 +129,8 @@ def split_components(state: dict, kind: str, configs: dict) -> dict:
 
 def load_single_file(path: Path) -> Bundle:
     state, meta = read_state_dict(path)
+    if "genloom.configs" not in meta and detect_kind(state) == "dit":
+        return load_transformer_checkpoint(state, Path(path).stem)
     if "genloom.configs" in meta:
         kind = meta.get("genloom.kind", "sd1")
         configs = json.loads(meta["genloom.configs"])
@@ -135,26 +144,103 @@ def load_single_file(path: Path) -> Bundle:
     return handles_from_components(components, configs, tokenizers, Path(path).stem)
 
 
-def load_vae_file(path: Path) -> Bundle:
-    """A standalone VAE: LDM keys (with or without first_stage_model.) or diffusers keys.
+def load_transformer_checkpoint(state: dict, name: str) -> Bundle:
+    """An all-in-one SD3/Flux file: each part loaded as its separate file would be."""
+    from .families import build_from_state
+    from .text_encoders import ROLES, clip_from_encoders, text_encoder_from_state
 
-    Shapes cannot tell an SDXL VAE from an SD one, only their scaling factor differs: without
-    genloom metadata, a file whose name contains "xl" gets SDXL's (0.13025), others SD's (0.18215)."""
+    model = build_from_state({k: v for k, v in state.items() if k.startswith("model.diffusion_model.")}, name)
+    encoders = []
+    for role in ROLES:
+        prefix = f"text_encoders.{role}.transformer."
+        part = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if part:
+            encoders.append(text_encoder_from_state(part, f"{name} {role}", role))
+    clip = clip_from_encoders(encoders, model.kind, name) if encoders else None
+    vae = None
+    if any(k.startswith("first_stage_model.") for k in state):
+        vae = vae_from_state(state, name).vae
+    return Bundle(model, clip, vae)
+
+
+def vae_config_from_shapes(state: dict, name: str = "") -> dict:
+    """A VAE's diffusers config read from its shapes, LDM or diffusers keys (the 16-channel SD3 and
+    Flux VAEs; their scaling factors only say which: the MODEL's latent format is what sampling uses)."""
+    ldm = "encoder.down.0.block.0.conv1.weight" in state
+    down, block = ("encoder.down.", "block") if ldm else ("encoder.down_blocks.", "resnets")
+    n = len({k.split(".")[2] for k in state if k.startswith(down)})
+    flux = "flux" in name.lower() or name.lower() in ("ae", "flux_ae")
+    quant = "quant_conv.weight" in state
+    return {"_class_name": "AutoencoderKL", "in_channels": int(state["encoder.conv_in.weight"].shape[1]),
+            "out_channels": int(state["decoder.conv_out.weight"].shape[0]),
+            "latent_channels": int(state["encoder.conv_out.weight"].shape[0]) // 2,
+            "block_out_channels": [int(state[f"{down}{i}.{block}.0.conv2.weight"].shape[0]) for i in range(n)],
+            "layers_per_block": len({k.split(".")[4] for k in state if k.startswith(f"{down}0.{block}.")}),
+            "down_block_types": ["DownEncoderBlock2D"] * n, "up_block_types": ["UpDecoderBlock2D"] * n,
+            "act_fn": "silu", "norm_num_groups": 32, "sample_size": 1024,
+            "use_quant_conv": quant, "use_post_quant_conv": "post_quant_conv.weight" in state,
+            "scaling_factor": 0.3611 if flux else 1.5305, "shift_factor": 0.1159 if flux else 0.0609}
+
+
+def load_vae_file(path: Path) -> Bundle:
     state, meta = read_state_dict(path)
     if "genloom.configs" in meta:
         config = json.loads(meta["genloom.configs"])["vae"]
-    else:
-        config = shipped_configs("sdxl" if "xl" in Path(path).name.lower() else "sd1")["vae"]
-        w = state.get("quant_conv.weight", state.get("first_stage_model.quant_conv.weight"))
-        if w is not None:
-            config["latent_channels"] = int(w.shape[0]) // 2
+        return handles_from_components({"vae": _vae_state(state, config)}, {"vae": config}, [], Path(path).stem)
+    return vae_from_state(state, Path(path).stem)
+
+
+def _vae_state(state: dict, config: dict) -> dict:
     if any(k.startswith("first_stage_model.") for k in state):
         state = {k[len("first_stage_model."):]: v for k, v in state.items() if k.startswith("first_stage_model.")}
     if not any(".down_blocks." in k or ".up_blocks." in k for k in state):
         state = keymaps.unmap_keys(state, keymaps.vae_map(config), "", "vae")
+    return state
+
+
+def vae_from_state(state: dict, name: str) -> Bundle:
+    """A standalone VAE (or a checkpoint's first_stage_model.*): LDM or diffusers keys.
+
+    Shapes cannot tell an SDXL VAE from an SD one, only their scaling factor differs: without
+    genloom metadata, a file whose name contains "xl" gets SDXL's (0.13025), others SD's (0.18215).
+    16-channel VAEs (SD3's, Flux's `ae`) get their config from their shapes, every key accounted for."""
+    state = {k[len("first_stage_model."):]: v for k, v in state.items() if k.startswith("first_stage_model.")} \
+        or state
+    from . import wan_vae
+
+    if wan_vae.detect(state):  # Wan's video VAE (its own layout, 5-D latents)
+        return Bundle(None, None, wan_vae.build(state, name))
+    from . import wan_vae
+
+    if wan_vae.detect(state):  # the Wan 2.1 VAE layout: Wan's, and Qwen-Image's (the same network)
+        return Bundle(None, None, wan_vae.build(state, name))
+    conv_out = state.get("encoder.conv_out.weight")
+    if conv_out is not None and int(conv_out.shape[0]) // 2 == 16:
+        config = vae_config_from_shapes(state, name)
+        converted = state
+        if "encoder.down.0.block.0.conv1.weight" in state:
+            table = keymaps.vae_map(config)
+            converted = keymaps.unmap_keys(state, table, "", "vae")
+            known = set(keymaps.map_keys(converted, table, "", "vae"))
+            converted = {**converted, **{k: v for k, v in state.items() if k not in known}}
+        exact_keys(converted, _vae_expected(config), f"VAE {name}")
+        return handles_from_components({"vae": converted}, {"vae": config}, [], name)
+    config = shipped_configs("sdxl" if "xl" in name.lower() else "sd1")["vae"]
+    w = state.get("quant_conv.weight")
+    if w is not None:
+        config["latent_channels"] = int(w.shape[0]) // 2
+    state = _vae_state(state, config)
     if not state:
-        raise CheckpointError(f"{Path(path).name} holds no VAE weights")
-    return handles_from_components({"vae": state}, {"vae": config}, [], Path(path).stem)
+        raise CheckpointError(f"{name} holds no VAE weights")
+    return handles_from_components({"vae": state}, {"vae": config}, [], name)
+
+
+def _vae_expected(config: dict) -> set:
+    import torch
+    from diffusers import AutoencoderKL
+
+    with torch.device("meta"):
+        return set(AutoencoderKL.from_config(config).state_dict())
 
 
 # -- writing ------------------------------------------------------------------------------------

@@ -75,10 +75,13 @@ def cfg_combine(model, cond, uncond, cfg: float, x, sigma, options: dict, cond_i
 class Denoiser:
     """`denoiser(x, sigma) -> denoised` over one network in use; built once per sampling run."""
 
-    def __init__(self, guider: Guider, unet, ms, latent_shape, device, need_uncond: bool = False):
+    def __init__(self, guider: Guider, unet, ms, latent_shape, device, need_uncond: bool = False,
+                 inputs: dict | None = None):
+        """`inputs`: the run's latent_image and denoise_mask, given to the model's cond_extras."""
         self.guider, self.unet, self.ms = guider, unet, ms
         self.options = dict(getattr(guider.model, "model_options", {}) or {})
-        self.guide = prepare_conds(guider.model, guider.cond_sets(need_uncond), latent_shape, device)
+        self.guide = prepare_conds(guider.model, guider.cond_sets(need_uncond), latent_shape, device,
+                                   inputs)
         self.guide.use_sigmas(ms)
         self.device = device
         self.cond_denoised = self.uncond_denoised = None
@@ -87,6 +90,8 @@ class Denoiser:
         import torch
 
         context.current().check_interrupt()  # every model call, so a long multi-call step stops
+        if getattr(self.guider, "overrides_prediction", False):  # a plugin guider's predict_noise
+            return self.guider.denoise_with(self, x, sigma)
         ms = self.ms
         sigma = float(sigma)
         t = ms.timestep(torch.tensor(sigma))

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from genloom.diffusion.errors import SamplingError
+from genloom.diffusion.models.patcher import network_call
 
 from .noise import prepare_mask
 
@@ -45,6 +46,7 @@ class Guidance:
     cfg: float = 1.0  # only for `__call__`, the combined prediction
     batches: list = field(default_factory=list)  # (job indices) that share one model call
     sigma_ranges: list | None = None  # per job (sigma_start, sigma_end), set by `use_sigmas`
+    ms: Any = None  # the model sampling, set by `use_sigmas`
     _unet_dtype: Any = None
     _concat: dict = field(default_factory=dict)
 
@@ -81,6 +83,7 @@ class Guidance:
         """Judge timestep ranges by sigma with the model sampling's percent_to_sigma, as ComfyUI."""
         self.sigma_ranges = [(ms.percent_to_sigma(j.t_range[0]), ms.percent_to_sigma(j.t_range[1]))
                              for j in self.jobs]
+        self.ms = ms
 
     def _live(self, i: int, t: float, sigma: float | None) -> bool:
         if sigma is not None and self.sigma_ranges is not None:
@@ -106,11 +109,17 @@ class Guidance:
             if not live:
                 continue
             area = self.jobs[live[0]].area
-            x = x_in if area is None else x_in[:, :, area[2]:area[2] + area[0], area[3]:area[3] + area[1]]
+            x = x_in if area is None else x_in[..., area[2]:area[2] + area[0], area[3]:area[3] + area[1]]
             n = len(live)
             xb = torch.cat([x] * n) if n > 1 else x
             emb, extras = self._inputs(live, dtype)
-            out = self.model.predict(unet, xb.to(dtype), t, emb, extras)
+            options = getattr(self.model, "model_options", None) or {}
+            if options.get("transformer_options") or options.get("model_function_wrapper"):
+                # a plugin's patches: ComfyUI's per-call options and model_function_wrapper
+                out = network_call(self.model, unet, xb.to(dtype), t, emb, extras,
+                                   [self.jobs[i].group for i in live], sigma, self.ms)
+            else:
+                out = self.model.predict(unet, xb.to(dtype), t, emb, extras)
             if out.dtype != torch.float32:
                 out = out.float()
             outs = out.chunk(n) if n > 1 else (out,)
@@ -150,7 +159,7 @@ class Guidance:
                 count += weight if not isinstance(weight, float) else torch.full_like(count, weight)
             else:
                 h, w, y, x = job.area
-                region = (slice(None), slice(None), slice(y, y + h), slice(x, x + w))
+                region = (Ellipsis, slice(y, y + h), slice(x, x + w))
                 wgt = weight if isinstance(weight, float) else weight[region]
                 total[region] += preds[i] * wgt
                 count[region] += wgt
@@ -178,12 +187,13 @@ def prepare_guidance(model, positive, negative, cfg: float, latent_shape, device
     return guide
 
 
-def prepare_conds(model, cond_sets: list, latent_shape, device) -> Guidance:
+def prepare_conds(model, cond_sets: list, latent_shape, device, inputs: dict | None = None) -> Guidance:
     """Turn CONDITIONING lists (positive first; None: not evaluated) into device tensors shaped for
-    the batch, once per run."""
+    the batch, once per run. `inputs` (the run's latent_image, denoise_mask) are added to every
+    entry's dict for cond_extras, as ComfyUI gives them to extra_conds."""
     import torch
 
-    b, _c, h, w = latent_shape
+    b, h, w = latent_shape[0], latent_shape[-2], latent_shape[-1]  # images and videos alike
     scale = int(getattr(model, "vae_scale_factor", 8) or 8)
     jobs: list[_Job] = []
     for group, conds in enumerate(cond_sets):
@@ -192,7 +202,8 @@ def prepare_conds(model, cond_sets: list, latent_shape, device) -> Guidance:
             emb = _batch(emb.to(torch.float32), b).to(device)
             extras = {k: (_batch(v.to(torch.float32) if v.is_floating_point() else v, b).to(device)
                           if hasattr(v, "shape") else v)
-                      for k, v in model.cond_extras(extra, h * scale, w * scale).items()}
+                      for k, v in model.cond_extras({**extra, **(inputs or {})}, h * scale,
+                                                    w * scale).items()}
             area = _area(extra.get("area"), h, w)
             strength = float(extra.get("strength", 1.0))
             weight: Any = strength

@@ -54,7 +54,7 @@ PLAYGROUND_2_5 = LatentFormat(0.5, mean=(-1.6574, 1.886, -1.383, 2.5155), std=(8
 # Model kinds whose latents are videos, [B, C, T, H, W].
 VIDEO_KINDS = frozenset({"wan"})
 # Model kind (ModelHandle.kind) -> its family's format.
-BY_KIND = {"sd1": SD1, "sd2": SD1, "sdxl": SDXL, "sd3": SD3, "flux": FLUX}
+BY_KIND = {"sd1": SD1, "sd2": SD1, "sdxl": SDXL, "sdxl_refiner": SDXL, "sd3": SD3, "flux": FLUX}
 
 
 def of_model(model) -> LatentFormat:

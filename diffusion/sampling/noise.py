@@ -23,6 +23,8 @@ def prepare_mask(mask, latent_shape, device):
     import torch.nn.functional as F
 
     m = mask.to(device=device, dtype=torch.float32)
+    if len(latent_shape) == 5:
+        return _video_mask(m, latent_shape)
     if m.ndim == 2:
         m = m[None, None]
     elif m.ndim == 3:
@@ -34,4 +36,20 @@ def prepare_mask(mask, latent_shape, device):
     if m.shape[0] != b:
         reps = -(-b // m.shape[0])
         m = m.repeat(reps, 1, 1, 1)[:b]
+    return m
+
+
+def _video_mask(m, latent_shape):
+    """A video latent's noise mask ([B, 1, T, h, w], or frames of [h, w]) -> [B, 1, T, h, w] at its size,
+    trilinear like ComfyUI's reshape_mask."""
+    import torch.nn.functional as F
+
+    if m.ndim < 5:
+        m = m.reshape(1, 1, -1, m.shape[-2], m.shape[-1])
+    m = m[:, :1]
+    if tuple(m.shape[2:]) != tuple(latent_shape[2:]):
+        m = F.interpolate(m, size=tuple(latent_shape[2:]), mode="trilinear", align_corners=False)
+    b = latent_shape[0]
+    if m.shape[0] != b:
+        m = m.repeat(-(-b // m.shape[0]), 1, 1, 1, 1)[:b]
     return m

@@ -85,9 +85,10 @@ class _Masked:
     CFG++ samplers read stays the unmasked one, as in ComfyUI. A model_options
     "denoise_mask_function" (DifferentialDiffusion) may change the mask at every call."""
 
-    def __init__(self, inner, ms, mask, noise, latent_in, mask_fn=None, extra=None):
+    def __init__(self, inner, ms, mask, noise, latent_in, mask_fn=None, extra=None, clean=False):
         self.inner, self.ms, self.mask, self.noise, self.latent_in = inner, ms, mask, noise, latent_in
         self.mask_fn, self.extra = mask_fn, extra or {}
+        self.clean = clean  # the model takes the given part clean (ComfyUI's WAN22 scale_latent_inpaint)
 
     @property
     def uncond_denoised(self):
@@ -95,7 +96,7 @@ class _Masked:
 
     def __call__(self, x, sigma):
         mask = self.mask if self.mask_fn is None else self.mask_fn(sigma, self.mask, self.extra)
-        known = self.ms.noise_scaling(sigma, self.noise, self.latent_in)
+        known = self.latent_in if self.clean else self.ms.noise_scaling(sigma, self.noise, self.latent_in)
         out = self.inner(x * mask + known * (1.0 - mask), sigma)
         return out * mask + self.latent_in * (1.0 - mask)
 
@@ -163,7 +164,8 @@ def sample_sigmas(guider: Guider, sampler: Sampler, sigmas, latent: dict, noise,
                     known = torch.randn(noise.shape, generator=gen).to(device=device, dtype=noise.dtype)
                 denoise = _Masked(denoise, ms, mask, known, latent_in,
                                   (model.model_options or {}).get("denoise_mask_function"),
-                                  {"model": model, "model_sampling": ms, "sigmas": sigmas})
+                                  {"model": model, "model_sampling": ms, "sigmas": sigmas},
+                                  clean=bool(getattr(model, "inpaint_clean", False)))
             positive = sigmas[sigmas > 0]
             if sampler.name in k_samplers.BROWNIAN:
                 noiser = BrownianNoise(x, float(positive.min()), float(sigmas.max()), seed,

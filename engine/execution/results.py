@@ -31,7 +31,12 @@ def normalise(kind: NodeKind, result):
         raise TypeError(f"{kind.name} returned {type(result).__name__}; expected a tuple of "
                         f"{kind.n_out} output(s)")
     if len(outs) < kind.n_out:
-        raise TypeError(f"{kind.name} returned {len(outs)} output(s) but declares {kind.n_out}")
+        if not kind.is_v1:
+            raise TypeError(f"{kind.name} returned {len(outs)} output(s) but declares {kind.n_out}")
+        # ComfyUI accepts a V1 node returning fewer values; only a node using a missing one fails.
+        missing = Blocker(f"{kind.name} returned {len(outs)} value(s) but declares {kind.n_out}; "
+                          "this input uses one it did not return")
+        outs = tuple(outs) + (missing,) * (kind.n_out - len(outs))
     return outs, ui, expand
 
 

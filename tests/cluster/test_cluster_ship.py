@@ -162,7 +162,7 @@ def test_ship_code_is_switchable_and_the_staged_copy_is_the_package_alone():
     staged = staged_package()
     assert staged.name == "genloom"
     assert {p.name for p in staged.iterdir()} == {"__init__.py", "cli.py", "runtime.py", "engine", "diffusion",
-                                                  "nodes", "server", "cluster", "models"}
+                                                  "nodes", "compat", "server", "cluster", "models"}
     assert (staged / "diffusion" / "configs").is_dir()
     assert (staged / "models" / "checkpoints" / "genloom-tiny.safetensors").read_bytes() == \
         (ROOT / "models" / "checkpoints" / "genloom-tiny.safetensors").read_bytes()

@@ -88,7 +88,8 @@ def plugins(tmp_path):
 
         NODE_CLASS_MAPPINGS = {"PrimitiveInt": PrimitiveInt, "StillFine": StillFine}
     ''')
-    write(root / "_disabled.py", "raise RuntimeError('never imported')\n")
+    write(root / "old_pack.py.disabled", "raise RuntimeError('never imported')\n")
+    write(root / "folder_pack.disabled" / "__init__.py", "raise RuntimeError('never imported')\n")
     write(root / "notes.txt", "not a pack\n")
     (root / "folder_without_init").mkdir()
     return root

@@ -1,5 +1,6 @@
-"""`genloom validate` refuses checkpoints the loader cannot use (inpainting UNets, SDXL refiners, files
-that are no Stable Diffusion checkpoint), judged from the safetensors header without importing torch."""
+"""`genloom validate` refuses checkpoints the loader cannot use (UNets of other input widths than
+regular and inpainting ones, files that are no Stable Diffusion checkpoint), judged from the
+safetensors header without importing torch."""
 
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ def models(tmp_path):
     ckpts.mkdir(parents=True)
     write(ckpts, "inpaint.safetensors", {UNET_IN: (8, 9, 3, 3),
                                          "cond_stage_model.transformer.text_model.final_layer_norm.weight": (4,)})
+    write(ckpts, "pix2pix.safetensors", {UNET_IN: (8, 8, 3, 3),
+                                         "cond_stage_model.transformer.text_model.final_layer_norm.weight": (4,)})
     write(ckpts, "refiner.safetensors", {UNET_IN: (8, 4, 3, 3),
                                          "conditioner.embedders.0.model.token_embedding.weight": (4, 4)})
     write(ckpts, "not-sd.safetensors", {"encoder.weight": (2, 2)})
@@ -43,8 +46,7 @@ def graph(name):
             "9": {"class_type": "PreviewImage", "inputs": {"images": ["8", 0]}}}
 
 
-@pytest.mark.parametrize("name, words", [("inpaint.safetensors", "inpainting checkpoint (9-channel"),
-                                         ("refiner.safetensors", "SDXL refiner checkpoint"),
+@pytest.mark.parametrize("name, words", [("pix2pix.safetensors", "8-channel UNet input"),
                                          ("not-sd.safetensors", "not a Stable Diffusion checkpoint"),
                                          ("broken.safetensors", "not a readable .safetensors file")])
 def test_validation_names_the_checkpoint_the_loader_cannot_use(models, name, words):
@@ -58,12 +60,14 @@ def test_validation_names_the_checkpoint_the_loader_cannot_use(models, name, wor
 def test_loadable_checkpoints_pass(models):
     engine = Engine(models_dirs=[models])
     assert engine.validate(graph("plain-sd1.safetensors")).node_errors == {}
+    assert engine.validate(graph("inpaint.safetensors")).node_errors == {}  # 9-channel inpainting UNet
+    assert engine.validate(graph("refiner.safetensors")).node_errors == {}  # SDXL refiner (CLIP-G only)
     assert engine.validate(graph("genloom-tiny.safetensors")).node_errors == {}  # the shipped one
 
 
 def test_the_cli_reports_it_without_importing_torch(models, tmp_path):
     wf = tmp_path / "wf.json"
-    wf.write_text(json.dumps(graph("inpaint.safetensors")))
+    wf.write_text(json.dumps(graph("pix2pix.safetensors")))
     code = textwrap.dedent(f"""
         import sys
         from genloom.cli import main
@@ -73,4 +77,4 @@ def test_the_cli_reports_it_without_importing_torch(models, tmp_path):
     """)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1, proc.stderr
-    assert "inpainting checkpoint" in proc.stderr and "ckpt_name" in proc.stderr
+    assert "8-channel UNet input" in proc.stderr and "ckpt_name" in proc.stderr

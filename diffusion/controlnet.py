@@ -1,0 +1,221 @@
+"""ControlNets and T2I-Adapters while sampling, as ComfyUI applies them.
+
+A CONTROL_NET socket carries a `ControlModel` (the loaded network). The apply nodes put a `Control`
+(that network with a hint image, a strength and a start/end percent) in each CONDITIONING entry's
+dict under "control"; a second apply node chains its Control to the one already there
+("previous"), so several stack. Guidance hands the Control to the model handle as a shared extra
+(`ModelHandle.cond_extras`), and the handle's `predict` asks it for the UNet's extra inputs:
+
+    down/mid residuals    ControlNets: the network on (x, t, text embedding, hint), times strength
+    intrablock residuals  T2I-Adapters: the adapter's features of the hint (computed once), times strength
+
+summed over every Control of the chain that is live at the step's sigma (start/end percent through
+the model sampling's percent_to_sigma, as ComfyUI). The hint is resized to the latent's pixel size
+(nearest-exact, centre crop, as ComfyUI) and repeated over the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from .errors import SamplingError
+from .models.control_files import ADAPTER
+from .models.owner import model_owner
+
+# SetUnionControlNetType's choices (ComfyUI's names and numbers).
+UNION_TYPES = {"openpose": 0, "depth": 1, "hed/pidi/scribble/ted": 2, "canny/lineart/anime_lineart/mlsd": 3,
+               "normal": 4, "segment": 5, "tile": 6, "repaint": 7}
+
+
+@dataclass(frozen=True, eq=False)
+class ControlModel:
+    """A loaded ControlNet or T2I-Adapter (CONTROL_NET). Never mutated: nodes return copies."""
+
+    module: Any  # diffusers ControlNetModel or T2IAdapter, base weights on the CPU
+    kind: str  # "controlnet" | "t2i_adapter"
+    family: str = "sd"  # "sd" | "sdxl": the UNets it fits
+    name: str = ""
+    extra: tuple = ()  # ((name, value), ...): SetUnionControlNetType's control_type
+
+    def with_extra(self, **changes) -> "ControlModel":
+        return replace(self, extra=tuple({**dict(self.extra), **changes}.items()))
+
+
+@dataclass(eq=False)
+class Control:
+    """One application of a ControlModel; `previous` is the one it stacks on."""
+
+    model: ControlModel
+    hint: Any  # [B, C, H, W] 0..1 on the CPU
+    strength: float = 1.0
+    percent: tuple = (0.0, 1.0)
+    previous: "Control | None" = None
+    vae: Any = None  # accepted as ComfyUI does; SD/SDXL ControlNets take the hint in pixels
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    def chain(self) -> list["Control"]:
+        out, node = [], self
+        while node is not None:
+            out.append(node)
+            node = node.previous
+        return out[::-1]
+
+    def _sigmas(self, handle) -> tuple:
+        """(model sampling, [(sigma at start_percent, at end_percent) per Control of the chain]),
+        worked out once per model: building the model sampling costs more than a tiny UNet call."""
+        import weakref
+
+        from .sampling.model_sampling import of_model
+
+        found = self._cache.get(("sigmas",))
+        if found is None or found[0]() is not handle:  # a weak reference: the model is not kept alive
+            ms = of_model(handle)
+            found = (weakref.ref(handle), ms, [(ms.percent_to_sigma(c.percent[0]), ms.percent_to_sigma(c.percent[1]))
+                                  for c in self.chain()])
+            self._cache[("sigmas",)] = found
+        return found[1], found[2]
+
+    def unet_inputs(self, handle, x, t, emb, added: dict) -> dict:
+        """The UNet's extra keyword arguments for this step from every live Control of the chain."""
+        ms, ranges = self._sigmas(handle)
+        # The network's timestep back to the noise level: exact for the discrete (SD/SDXL) tables
+        # on a table level; between levels it is the nearest level's sigma.
+        sigma = float(ms.sigma(t.reshape(-1)[0].float().cpu()))
+        down = mid = intra = None
+        for c, (hi, lo) in zip(self.chain(), ranges):
+            if not lo <= sigma <= hi:
+                continue
+            if c.model.kind == ADAPTER:
+                feats = c._adapter_features(handle, x)
+                intra = feats if intra is None else [a + b for a, b in zip(intra, feats)]
+            else:
+                d, m = c._controlnet(handle, x, t, emb, added)
+                down = d if down is None else [a + b for a, b in zip(down, d)]
+                mid = m if mid is None else mid + m
+        out = {}
+        if down is not None:
+            out["down_block_additional_residuals"] = tuple(down)
+            out["mid_block_additional_residual"] = mid
+        if intra is not None:
+            out["down_intrablock_additional_residuals"] = list(intra)  # the UNet pops from it
+        return out
+
+    def _hint(self, x, scale: int, channels: int, rows: int | None = None):
+        """The hint at the latent's pixel size on x's device, one per row of x (or `rows` rows)."""
+        from .resample import resize
+
+        h, w = x.shape[2] * scale, x.shape[3] * scale
+        rows = x.shape[0] if rows is None else rows
+        key = ("hint", h, w, rows, str(x.device), x.dtype)
+        if key not in self._cache:
+            hint = self.hint
+            if tuple(hint.shape[2:]) != (h, w):
+                hint = resize(hint, w, h, "nearest-exact", "center")
+            if channels == 1 and hint.shape[1] == 3:
+                hint = hint.mean(dim=1, keepdim=True)
+            self._keep(key, _rows(hint, rows).to(x.device, x.dtype))
+        return self._cache[key]
+
+    def _keep(self, key: tuple, value) -> None:
+        """Cache `value`, dropping the older entry of its kind (one hint, one feature set)."""
+        for old in [k for k in self._cache if k[0] == key[0]]:
+            del self._cache[old]
+        self._cache[key] = value
+
+    def _controlnet(self, handle, x, t, emb, added: dict):
+        net = self.model.module
+        if net.config.cross_attention_dim != emb.shape[-1]:
+            raise SamplingError(f"ControlNet {self.model.name!r} does not fit this model: it takes "
+                                f"{net.config.cross_attention_dim}-wide text embeddings, the model gives "
+                                f"{emb.shape[-1]} (a ControlNet made for another model family?)")
+        hint = self._hint(x, int(handle.vae_scale_factor), net.config.conditioning_channels)
+        kwargs = {"added_cond_kwargs": added} if added else {}
+        if hasattr(net.config, "num_control_type"):
+            kwargs.update(self._union_inputs(net, hint))
+            hint = [hint]
+        with model_owner().memory.use(net, str(x.device), x.dtype, name="ControlNet") as net:
+            down, mid = net(x, t, encoder_hidden_states=emb, controlnet_cond=hint,
+                            conditioning_scale=float(self.strength), return_dict=False, **kwargs)
+        return list(down), mid
+
+    def _union_inputs(self, net, hint) -> dict:
+        """A union ControlNet's hint type (SetUnionControlNetType) as its one-hot control_type."""
+        import torch
+
+        types = list(dict(self.model.extra).get("control_type") or [])
+        if len(types) != 1 or not 0 <= types[0] < net.config.num_control_type:
+            raise SamplingError(f"ControlNet {self.model.name!r} is a union ControlNet: set the kind of hint "
+                                "with SetUnionControlNetType (genloom does not guess it: 'auto' is not "
+                                "supported)")
+        control_type = torch.zeros(hint.shape[0], net.config.num_control_type, device=hint.device,
+                                   dtype=hint.dtype)
+        control_type[:, types[0]] = 1
+        return {"control_type": control_type, "control_type_idx": types}
+
+    def _adapter_features(self, handle, x):
+        """The adapter's features of the hint (they depend on nothing else), times strength."""
+        import torch
+
+        adapter = self.model.module
+        wants = list(handle.unet.config.block_out_channels)[:1]
+        if list(adapter.config.channels)[:1] != wants:
+            raise SamplingError(f"T2I-Adapter {self.model.name!r} does not fit this model: its first "
+                                f"features are {adapter.config.channels[0]} wide, the model's first "
+                                f"block {wants[0]} (an adapter made for another model family?)")
+        hint = self._hint(x, int(handle.vae_scale_factor), adapter.config.in_channels, rows=self.hint.shape[0])
+        key = ("features", tuple(hint.shape), str(x.device), x.dtype)
+        feats = self._cache.get(key)
+        if feats is None:
+            with torch.no_grad(), model_owner().memory.use(adapter, str(x.device), x.dtype,
+                                                           name="T2IAdapter") as net:
+                feats = [f * float(self.strength) for f in net(hint)]
+            self._keep(key, feats)
+        return [_rows(f, x.shape[0]) for f in feats]
+
+
+def _rows(t, n: int):
+    """`t` repeated along the batch to `n` rows (a batch of hints cycles, as per conditioning)."""
+    if t.shape[0] == n:
+        return t
+    reps = -(-n // t.shape[0])
+    return t.repeat(reps, *([1] * (t.ndim - 1)))[:n]
+
+
+def apply_control(conditionings: list, model: ControlModel, image, strength: float, percent: tuple,
+                  vae=None) -> list:
+    """ControlNetApply(Advanced): every entry of each CONDITIONING list gets a Control stacked on
+    the one it had; entries that shared a Control share the new one (so positive and negative are
+    still evaluated in one batch)."""
+    hint = image.movedim(-1, 1).float()
+    made: dict[int, Control] = {}
+    out = []
+    for conditioning in conditionings:
+        entries = []
+        for emb, extra in conditioning:
+            extra = dict(extra)
+            prev = extra.get("control")
+            if id(prev) not in made:
+                made[id(prev)] = Control(model, hint, float(strength), tuple(percent), prev, vae)
+            extra["control"] = made[id(prev)]
+            extra["control_apply_to_uncond"] = False
+            entries.append([emb, extra])
+        out.append(entries)
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class LoadedControl:
+    """What the loaded-model cache keeps for one control file (it holds dataclasses of handles)."""
+
+    control: ControlModel
+
+
+def load_control_model(path, base_unet=None) -> LoadedControl:
+    """A ControlNet / T2I-Adapter file as a CONTROL_NET (models/control_files.py reads the layouts)."""
+    from pathlib import Path
+
+    from .models.control_files import load_control
+
+    module, kind, family = load_control(Path(path), base_unet)
+    return LoadedControl(ControlModel(module, kind, family, Path(path).stem))

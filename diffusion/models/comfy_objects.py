@@ -1,0 +1,240 @@
+"""CLIP and VAE as ComfyUI's node packs call them, over genloom's frozen handles.
+
+CLIP: tokenize(text) -> tokens per encoder (ComfyUI's keys: "l", "g", "h", "t5xxl"; windows of
+(token, weight) pairs with start, end and padding tokens), encode_from_tokens(tokens,
+return_pooled, return_dict), encode_from_tokens_scheduled, clone() -> a mutable `ClipPatcher`
+(clip_layer, add_patches, load_sd on the clone), get_key_patches.
+VAE: encode / decode (pixels [B,H,W,C] 0..1), encode_tiled / decode_tiled, spacial_compression_*,
+downscale_ratio / upscale_ratio, latent_channels, first_stage_model, vae_encode_crop_pixels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from .patcher import text_param_names
+
+# ComfyUI's token keys per encoder: SD1 "l", SD2 "h", SDXL "l" + "g"; split encoders by role.
+_ROLE_KEYS = {"clip_l": "l", "clip_g": "g", "t5xxl": "t5xxl"}
+_POSITIONAL_KEYS = {"sd1": ("l",), "sd2": ("h",), "sdxl": ("l", "g"), "sdxl_refiner": ("g",)}
+# ComfyUI's state-dict prefixes of the text encoders -> genloom's LoRA targets.
+_TEXT_PREFIXES = {"clip_l.transformer.": 0, "clip_h.transformer.": 0, "clip_g.transformer.": 1}
+
+
+class Tokens(dict):
+    """{key: windows}: remembers the text each key was tokenized from, so encoding goes through
+    genloom's prompt encoding (weights, embeddings, long prompts) with the same numbers."""
+
+    def __init__(self, windows: dict, texts: dict):
+        super().__init__(windows)
+        self.texts = texts
+        self._made = {k: [list(w) for w in v] for k, v in windows.items()}
+
+    def edited(self) -> bool:
+        def same(a, b):
+            return a is b or (type(a) is type(b) and not hasattr(a, "shape") and a == b)
+
+        for key, windows in self.items():
+            made = self._made.get(key)
+            if made is None or len(made) != len(windows):
+                return True
+            for w, m in zip(windows, made):
+                if len(w) != len(m) or any(not (same(a[0], b[0]) and a[1] == b[1]) for a, b in zip(w, m)):
+                    return True
+        return False
+
+
+def _keys(clip) -> tuple:
+    if clip.roles:
+        return tuple(_ROLE_KEYS.get(r, r) for r in clip.roles)
+    return _POSITIONAL_KEYS.get(clip.kind, ("l",) * len(clip.text_encoders))
+
+
+class ComfyClipMethods:
+    """Mixed into ClipHandle and ClipPatcher (which provide the handle's fields)."""
+
+    @property
+    def handle(self):
+        return self
+
+    def clone(self) -> "ClipPatcher":
+        return ClipPatcher(self.handle)
+
+    @property
+    def layer_idx(self):
+        return None if self.stop_at_layer == -1 else self.stop_at_layer
+
+    @property
+    def tokenizer(self):
+        return self.tokenizers[0]
+
+    @property
+    def cond_stage_model(self):
+        return self.text_encoders[0]
+
+    def tokenize(self, text: str, return_word_ids: bool = False, **kwargs) -> Tokens:
+        from .embeddings import EmbeddingLookup
+        from .encoding import prompt_windows
+
+        lookup = EmbeddingLookup()
+        windows, texts = {}, {}
+        for key, tok, enc in zip(_keys(self), self.tokenizers, self.text_encoders):
+            if key == "t5xxl":
+                ids = tok(text, add_special_tokens=True, truncation=False).input_ids
+                windows[key] = [[(i, 1.0) for i in ids]]
+            else:
+                windows[key] = prompt_windows(tok, enc, text, lookup, "clip_g" if key == "g" else "clip_l")
+            texts[key] = text
+        return Tokens(windows, texts)
+
+    def encode_from_tokens(self, tokens, return_pooled=False, return_dict=False):
+        if not isinstance(tokens, Tokens) or tokens.edited():
+            raise NotImplementedError("genloom encodes tokens from clip.tokenize(text) as they were "
+                                      "made; tokens built or edited by hand are not supported")
+        handle = self.handle
+        texts = tokens.texts
+        if handle.roles:
+            back = {v: k for k, v in _ROLE_KEYS.items()}
+            cond, pooled = handle.encode_roles({back.get(k, k): t for k, t in texts.items()})
+        else:
+            keys = _keys(handle)
+            cond, pooled = handle.encode(texts[keys[0]], texts[keys[-1]] if len(keys) > 1 else None)
+        if return_dict:
+            return {"cond": cond, "pooled_output": pooled}
+        return (cond, pooled) if return_pooled else cond
+
+    def encode_from_tokens_scheduled(self, tokens, unprojected=False, add_dict=None, show_pbar=True):
+        out = self.encode_from_tokens(tokens, return_dict=True)
+        cond = out.pop("cond")
+        return [[cond, {**out, **(add_dict or {})}]]
+
+    def get_key_patches(self) -> dict:
+        out = {}
+        names = {0: "clip_h" if self.kind == "sd2" else "clip_l", 1: "clip_g"}
+        for i, enc in enumerate(self.text_encoders):
+            params = dict(enc.named_parameters())
+            for key, name in text_param_names(enc).items():
+                if key.startswith(("text_model.", "text_projection")):
+                    out[f"{names[i]}.transformer.{key}"] = [(params[name].data,)]
+        return out
+
+    def _mutable(self):
+        raise TypeError("this CLIP is shared by every node that receives it: call clip.clone() and "
+                        "change the clone")
+
+    def clip_layer(self, layer_idx: int) -> None:
+        self._mutable().stop_at_layer = int(layer_idx)
+
+    def add_patches(self, patches: dict, strength_patch: float = 1.0, strength_model: float = 1.0) -> list:
+        return self._mutable().add_patches(patches, strength_patch, strength_model)
+
+    def load_sd(self, sd: dict, full_model: bool = False):
+        return self._mutable().load_sd(sd, full_model)
+
+
+class ClipPatcher(ComfyClipMethods):
+    """A CLIP clone a pack changes in place; reads go to the handle it stands for (`handle`)."""
+
+    def __init__(self, handle):
+        self._handle = handle.handle if isinstance(handle, ClipPatcher) else handle
+
+    @property
+    def handle(self):
+        return self._handle
+
+    def __getattr__(self, name):
+        if name.startswith("__") or name == "_handle":
+            raise AttributeError(name)
+        return getattr(self._handle, name)
+
+    def clone(self) -> "ClipPatcher":
+        return ClipPatcher(self._handle)
+
+    def _mutable(self):
+        return self
+
+    def clip_layer(self, layer_idx: int) -> None:
+        self._handle = self._handle.with_stop_at_layer(layer_idx)
+
+    def add_patches(self, patches: dict, strength_patch: float = 1.0, strength_model: float = 1.0) -> list:
+        """Weight patches by ComfyUI's keys ("clip_l.transformer.text_model...", "clip_g...")."""
+        from .patcher import KeyPatches
+
+        per_target: dict = {}  # encoder index -> {parameter name: patch}
+        original: dict = {}  # (encoder index, parameter name) -> the key as given
+        for key, value in patches.items():
+            for prefix, index in _TEXT_PREFIXES.items():
+                if key.startswith(prefix) and index < len(self._handle.text_encoders):
+                    per_target.setdefault(index, {})[key[len(prefix):]] = value
+                    original[(index, key[len(prefix):])] = key
+        known = []
+        for index, table in per_target.items():
+            target = "text_encoder" if index == 0 else "text_encoder_2"
+            kp = KeyPatches(table, float(strength_patch), float(strength_model), target=target)
+            found = kp.keys_in(self._handle.text_encoders[index])
+            if found:
+                self._handle = replace(self._handle, patches=self._handle.patches + ((kp, 1.0),))
+                known += [original[(index, name)] for name in found]
+        return known
+
+    def load_sd(self, sd: dict, full_model: bool = False):
+        raise NotImplementedError("genloom loads text encoders through its loaders; CLIP.load_sd "
+                                  "is not supported")
+
+
+class ComfyVaeMethods:
+    """Mixed into VaeHandle: ComfyUI's VAE surface."""
+
+    @property
+    def first_stage_model(self):
+        return self.vae
+
+    @property
+    def downscale_ratio(self) -> int:
+        return self.scale_factor
+
+    @property
+    def upscale_ratio(self) -> int:
+        return self.scale_factor
+
+    def spacial_compression_decode(self) -> int:
+        return self.scale_factor
+
+    def spacial_compression_encode(self) -> int:
+        return self.scale_factor
+
+    @property
+    def latent_dim(self) -> int:
+        return 2
+
+    @property
+    def output_device(self):
+        import torch
+
+        return torch.device("cpu")
+
+    @property
+    def vae_dtype(self):
+        return next(self.vae.parameters()).dtype
+
+    def vae_encode_crop_pixels(self, pixels):
+        from genloom.diffusion.vae_passes import crop_to_multiple
+
+        return crop_to_multiple(pixels, self.scale_factor)
+
+    def decode_tiled(self, samples, tile_x=64, tile_y=64, overlap=16, tile_t=None, overlap_t=None):
+        """Tiles in latent cells, as ComfyUI's; square tiles of tile_x."""
+        from genloom.diffusion.vae_passes import decode_tiled
+
+        f = self.scale_factor
+        return decode_tiled(self, samples, int(tile_x) * f, int(overlap) * f)
+
+    def encode_tiled(self, pixels, tile_x=512, tile_y=512, overlap=64, tile_t=None, overlap_t=None):
+        """genloom encodes in one pass (ComfyUI blends tiles: its numbers differ at the seams)."""
+        return self.encode(pixels[..., :3])
+
+    def memory_used_encode(self, shape, dtype) -> int:
+        return 0
+
+    def memory_used_decode(self, shape, dtype) -> int:
+        return 0

@@ -1,0 +1,217 @@
+"""ControlNet and T2I-Adapter files in the layouts users have, loaded as diffusers modules.
+
+Layouts read:
+  ControlNet, diffusers   ControlNetModel keys (conv_in, down_blocks, controlnet_down_blocks, ...), a
+                          folder's diffusion_pytorch_model.* beside its config.json, or a lone file
+  ControlNet, original    the cldm layout (input_blocks, zero_convs, input_hint_block, ...), with or
+                          without 'control_model.'; a 'difference' key marks a diff ControlNet, whose
+                          weights are added to the base UNet's (DiffControlNetLoader)
+  ControlNet-Union        diffusers ControlNetUnionModel keys (xinsir's SDXL union / ProMax)
+  T2I-Adapter, diffusers  T2IAdapter keys (adapter.conv_in, adapter.body.N.resnets.M, ...)
+  T2I-Adapter, original   TencentARC's flat list (conv_in, body.K.block1, ...)
+The configuration comes from a config.json beside the weights, from genloom metadata
+("genloom.configs": {"controlnet" | "t2i_adapter": config}), or else from the weights' shapes with the
+conventions of the released SD1/SD2/SDXL models (8 heads for SD1, 64-channel heads otherwise, SDXL's
+256-wide time-id embedding). Not read yet: Stability's control-LoRAs, union ControlNets in the original
+layout, the light/style adapters and ControlNets of SD3/Flux; each is refused with a message saying so.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from genloom.diffusion.errors import CheckpointError
+
+from . import keymaps
+from .loading import build_module
+from .weights import read_state_dict
+
+CONTROLNET, ADAPTER = "controlnet", "t2i_adapter"
+
+
+def load_control(path: Path, base_unet=None):
+    """(module, kind, family) from one ControlNet / T2I-Adapter file. `base_unet`: the model a diff
+    ControlNet's weights are relative to."""
+    path = Path(path)
+    state, meta = read_state_dict(path)
+    config, kind = _given_config(path, meta)
+    diff = state.pop("difference", None) is not None
+    if any(k.startswith("control_model.") for k in state):
+        state = {k[len("control_model."):]: v for k, v in state.items() if k.startswith("control_model.")}
+    found = kind or _layout_kind(state, path)
+    if found == ADAPTER:
+        module = _adapter(state, config)
+        return module, ADAPTER, "sdxl" if module.config.adapter_type == "full_adapter_xl" else "sd"
+    module = _controlnet(state, config, base_unet, diff, path)
+    xl = getattr(module.config, "addition_embed_type", None) == "text_time"
+    return module, CONTROLNET, "sdxl" if xl else "sd"
+
+
+def _given_config(path: Path, meta: dict):
+    if "genloom.configs" in meta:
+        configs = json.loads(meta["genloom.configs"])
+        for kind in (CONTROLNET, ADAPTER):
+            if kind in configs:
+                return configs[kind], kind
+    beside = path.parent / "config.json"
+    if beside.is_file():
+        config = json.loads(beside.read_text())
+        name = str(config.get("_class_name", ""))
+        if name in ("ControlNetModel", "ControlNetUnionModel", "T2IAdapter"):
+            return config, ADAPTER if name == "T2IAdapter" else CONTROLNET
+        raise CheckpointError(f"{path.name}: the config.json beside it describes a {name or 'model'}, "
+                              "not a ControlNet (ControlNetModel, ControlNetUnionModel) or T2I-Adapter")
+    return None, None
+
+
+def _layout_kind(state: dict, path: Path) -> str:
+    keys = state.keys()
+    if "lora_controlnet" in keys:
+        raise CheckpointError(f"{path.name} is a control-LoRA (Stability's ControlNet as a LoRA); "
+                              "genloom cannot load control-LoRAs yet")
+    if "task_embedding" in keys and "input_hint_block.0.weight" in keys:
+        raise CheckpointError(f"{path.name} is a ControlNet-Union in the original layout; genloom reads "
+                              "union ControlNets in the diffusers layout (ControlNetUnionModel) only")
+    if any(k.startswith("adapter.") for k in keys) or ("conv_in.weight" in keys and "body.0.block1.weight" in keys):
+        return ADAPTER
+    if "controlnet_cond_embedding.conv_in.weight" in keys or "input_hint_block.0.weight" in keys:
+        return CONTROLNET
+    if any(k.startswith(("body.0.", "adapter.body.")) for k in keys):
+        raise CheckpointError(f"{path.name} is a T2I-Adapter of a kind genloom does not read yet "
+                              "(light or style adapter)")
+    raise CheckpointError(f"{path.name} is not a ControlNet or T2I-Adapter of SD1/SD2/SDXL (SD3 and Flux "
+                          "ControlNets are not supported yet)")
+
+
+# -- ControlNets -------------------------------------------------------------------------------
+
+def _controlnet(state: dict, config, base_unet, diff: bool, path: Path):
+    from diffusers import ControlNetModel, ControlNetUnionModel
+
+    original = "input_hint_block.0.weight" in state
+    shapes = {k: list(v.shape) for k, v in state.items()}
+    if config is None:
+        config = controlnet_config_original(shapes) if original else controlnet_config_diffusers(shapes)
+    union = "task_embedding" in state
+    if union and config.get("_class_name") != "ControlNetUnionModel":
+        config = {**config, **union_config(shapes), "_class_name": "ControlNetUnionModel"}
+    if original:
+        table = keymaps.controlnet_map(config)
+        back = {v: k for k, v in table.items()}
+        unread = [k for k in state if keymaps._translate(k, back) is None]
+        if unread:
+            raise CheckpointError(f"{path.name}: ControlNet weights with no known name, e.g. {unread[:3]}")
+        state = keymaps.unmap_keys(state, table, "", CONTROLNET)
+    if diff:
+        if base_unet is None:
+            raise CheckpointError(f"{path.name} is a diff ControlNet (its weights are differences from a "
+                                  "base model): load it with DiffControlNetLoader and the model")
+        base = base_unet.state_dict()
+        state = {k: (v + base[k].to(v.dtype) if k in base and base[k].shape == v.shape else v)
+                 for k, v in state.items()}
+    return build_module(ControlNetUnionModel if union else ControlNetModel, config, state, "ControlNet")
+
+
+def union_config(shapes: dict) -> dict:
+    """ControlNet-Union's own settings (xinsir's ProMax layout): the task embeddings and the small
+    transformer over them; its heads follow the released model (8)."""
+    types, width = shapes["task_embedding"]
+    return {"num_control_type": types, "num_trans_channel": width, "num_trans_head": 8,
+            "num_trans_layer": _count(shapes, r"transformer_layes\.(\d+)\."),
+            "num_proj_channel": shapes["spatial_ch_projs.weight"][0]}
+
+
+def _count(shapes: dict, pattern: str) -> int:
+    """How many distinct indices the one '(\\d+)' group of `pattern` takes in the key names."""
+    rx = re.compile(pattern)
+    return len({m.group(1) for k in shapes if (m := rx.match(k))})
+
+
+def controlnet_config_original(shapes: dict) -> dict:
+    """A ControlNetModel config from the shapes of a cldm-layout state dict."""
+    n_inputs = _count(shapes, r"input_blocks\.(\d+)\.")
+    downs = [i for i in range(n_inputs) if f"input_blocks.{i}.0.op.weight" in shapes]
+    bounds = [0] + downs + [n_inputs]
+    levels = [list(range(a + 1, b)) for a, b in zip(bounds, bounds[1:])]
+    channels, depth = [], []
+    for blocks in levels:
+        first = blocks[0]
+        channels.append(shapes[f"input_blocks.{first}.0.out_layers.3.weight"][0])
+        depth.append(_count(shapes, rf"input_blocks\.{first}\.1\.transformer_blocks\.(\d+)\."))
+    cfg = {"layers_per_block": len(levels[0]), "block_out_channels": channels,
+           "in_channels": shapes["input_blocks.0.0.weight"][1],
+           "label": shapes.get("label_emb.0.0.weight"), "proj": _first(shapes, "proj_in.weight")}
+    hint = sorted(int(m.group(1)) for k in shapes if (m := re.match(r"input_hint_block\.(\d+)\.weight$", k)))
+    hint_channels = [shapes[f"input_hint_block.{hint[0]}.weight"][0]] + \
+        [shapes[f"input_hint_block.{i}.weight"][0] for i in hint[2:-1:2]]
+    return _finish(cfg, depth, shapes, hint_channels, shapes[f"input_hint_block.{hint[0]}.weight"][1])
+
+
+def controlnet_config_diffusers(shapes: dict) -> dict:
+    """A ControlNetModel config from the shapes of a diffusers-layout state dict."""
+    n = _count(shapes, r"down_blocks\.(\d+)\.")
+    channels = [shapes[f"down_blocks.{i}.resnets.0.conv2.weight"][0] for i in range(n)]
+    depth = [_count(shapes, rf"down_blocks\.{i}\.attentions\.0\.transformer_blocks\.(\d+)\.") for i in range(n)]
+    cfg = {"layers_per_block": _count(shapes, r"down_blocks\.0\.resnets\.(\d+)\."), "block_out_channels": channels,
+           "in_channels": shapes["conv_in.weight"][1],
+           "label": shapes.get("add_embedding.linear_1.weight"), "proj": _first(shapes, "proj_in.weight")}
+    blocks = _count(shapes, r"controlnet_cond_embedding\.blocks\.(\d+)\.")
+    hint_channels = [shapes["controlnet_cond_embedding.conv_in.weight"][0]] + \
+        [shapes[f"controlnet_cond_embedding.blocks.{j}.weight"][0] for j in range(1, blocks, 2)]
+    return _finish(cfg, depth, shapes, hint_channels, shapes["controlnet_cond_embedding.conv_in.weight"][1])
+
+
+def _first(shapes: dict, suffix: str):
+    """The shape of the first weight (in name order) whose name ends with `suffix`, or None."""
+    return next((shapes[k] for k in sorted(shapes) if k.endswith(suffix)), None)
+
+
+def _finish(cfg: dict, depth: list, shapes: dict, hint_channels: list, hint_in: int) -> dict:
+    """The parts both layouts decide alike: block types, attention widths, SDXL's extra embedding."""
+    cross = (_first(shapes, "attn2.to_k.weight") or [0, 768])[1]
+    linear = cfg["proj"] is not None and len(cfg["proj"]) == 2
+    channels = cfg["block_out_channels"]
+    out = {"_class_name": "ControlNetModel", "in_channels": cfg["in_channels"],
+           "conditioning_channels": hint_in, "block_out_channels": channels,
+           "layers_per_block": cfg["layers_per_block"], "cross_attention_dim": cross,
+           "down_block_types": ["CrossAttnDownBlock2D" if d else "DownBlock2D" for d in depth],
+           "transformer_layers_per_block": [max(d, 1) for d in depth] if cfg["label"] else 1,
+           "use_linear_projection": linear, "conditioning_embedding_out_channels": hint_channels,
+           # SD1 was trained with 8 heads per block; SD2 and SDXL with 64 channels per head.
+           "attention_head_dim": [c // 64 for c in channels] if (linear or cfg["label"]) else 8}
+    if cfg["label"]:
+        out.update(addition_embed_type="text_time", addition_time_embed_dim=256,
+                   projection_class_embeddings_input_dim=cfg["label"][1])
+    return out
+
+
+# -- T2I-Adapters ------------------------------------------------------------------------------
+
+def _adapter(state: dict, config):
+    from diffusers import T2IAdapter
+
+    if not any(k.startswith("adapter.") for k in state):  # TencentARC's original layout
+        resnets = _count(state, r"body\.(\d+)\.block1\.")
+        state = keymaps.unmap_keys(state, keymaps.t2i_adapter_map(4, resnets // 4), "", ADAPTER)
+    if config is None:
+        config = adapter_config({k: list(v.shape) for k, v in state.items()})
+    config = {k: v for k, v in config.items() if k in ("in_channels", "channels", "num_res_blocks",
+                                                       "downscale_factor", "adapter_type")}
+    if config.get("adapter_type", "full_adapter") not in ("full_adapter", "full_adapter_xl"):
+        raise CheckpointError(f"T2I-Adapters of type {config['adapter_type']!r} are not supported yet")
+    return build_module(T2IAdapter, config, state, "T2I-Adapter")
+
+
+def adapter_config(shapes: dict) -> dict:
+    """A T2IAdapter config from diffusers-layout shapes. SD and SDXL adapters differ only in how far
+    the input is pixel-unshuffled (8 or 16): conv_in's input width says it."""
+    levels = _count(shapes, r"adapter\.body\.(\d+)\.")
+    wide = shapes["adapter.conv_in.weight"][1]
+    in_channels = 3 if wide % 3 == 0 else 1
+    factor = round((wide // in_channels) ** 0.5)
+    return {"in_channels": in_channels, "downscale_factor": factor,
+            "channels": [shapes[f"adapter.body.{i}.resnets.0.block2.weight"][0] for i in range(levels)],
+            "num_res_blocks": _count(shapes, r"adapter\.body\.0\.resnets\.(\d+)\."),
+            "adapter_type": "full_adapter_xl" if factor == 16 else "full_adapter"}

@@ -1,0 +1,153 @@
+"""UMT5-XXL, Wan's text encoder, from the single file users download (CLIPLoader type `wan`).
+
+The file holds transformers' UMT5EncoderModel keys (`shared.weight`, `encoder.block.N.layer...`, a
+relative attention bias in every block, which is how it differs from T5) and, in ComfyUI's files, its
+SentencePiece vocabulary as the uint8 tensor `spiece_model`; the tokenizer is built from that (no hub,
+nothing shipped: the vocabulary travels with the weights). A file without it is refused by name.
+
+Encoding as ComfyUI and diffusers' WanPipeline do it: the prompt's tokens and the end token, padded to
+512 positions that the attention mask leaves out and whose outputs are zeroed. Prompt weights follow
+ComfyUI's rule (each token's output moved away from the empty prompt's by its weight).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from genloom.diffusion.errors import CheckpointError
+
+from .loading import build_module, load_dtype
+from .weights import dequantize, exact_keys, stored_dtype
+
+MIN_TOKENS = 512
+_BIAS1 = "encoder.block.1.layer.0.SelfAttention.relative_attention_bias.weight"
+
+
+def is_umt5(shapes: dict) -> bool:
+    return _BIAS1 in shapes and "encoder.block.0.layer.0.SelfAttention.q.weight" in shapes
+
+
+def config_from_shapes(shapes: dict) -> dict:
+    bias = shapes["encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"]
+    heads = bias[1]
+    vocab = shapes.get("shared.weight", shapes.get("encoder.embed_tokens.weight"))
+    layers = len({int(m.group(1)) for k in shapes if (m := re.match(r"encoder\.block\.(\d+)\.", k))})
+    return {"vocab_size": vocab[0], "d_model": vocab[1],
+            "d_kv": shapes["encoder.block.0.layer.0.SelfAttention.q.weight"][0] // heads,
+            "d_ff": shapes["encoder.block.0.layer.1.DenseReluDense.wi_0.weight"][0], "num_heads": heads,
+            "num_layers": layers, "relative_attention_num_buckets": bias[0],
+            "relative_attention_max_distance": 128, "feed_forward_proj": "gated-gelu",
+            "layer_norm_epsilon": 1e-6, "is_encoder_decoder": False, "use_cache": False,
+            "tie_word_embeddings": False, "pad_token_id": 0, "eos_token_id": 1, "decoder_start_token_id": 0}
+
+
+def spm_tokenizer(model: bytes):
+    """A fast tokenizer equal to the SentencePiece unigram model `model` (its pieces, scores and
+    normaliser), with SentencePiece's conventions: "▁" word starts, </s> = id 1, <pad> = id 0."""
+    from sentencepiece import sentencepiece_model_pb2
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(bytes(model))
+    pieces = [(p.piece, p.score) for p in proto.pieces]
+    unk = next((i for i, p in enumerate(proto.pieces) if p.type == 2), 2)
+    core = Tokenizer(models.Unigram(pieces, unk_id=unk, byte_fallback=False))
+    charsmap = proto.normalizer_spec.precompiled_charsmap
+    steps = [normalizers.Precompiled(charsmap)] if charsmap else []
+    core.normalizer = normalizers.Sequence(steps + [normalizers.Replace(Regex(" {2,}"), " ")])
+    core.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
+    core.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
+    return PreTrainedTokenizerFast(tokenizer_object=core, unk_token=proto.pieces[unk].piece,
+                                   eos_token=proto.pieces[1].piece, pad_token=proto.pieces[0].piece,
+                                   model_max_length=MIN_TOKENS)
+
+
+@dataclass(frozen=True, eq=False)
+class Umt5:
+    module: Any
+    tokenizer: Any
+    name: str = ""
+
+
+def from_state(state: dict, name: str) -> Umt5:
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    spiece = state.pop("spiece_model", None)
+    if spiece is None:
+        raise CheckpointError(f"{name}: this UMT5 file carries no tokenizer (the `spiece_model` tensor "
+                              "ComfyUI's files have); use the wan UMT5 file from ComfyUI's Wan repackage")
+    state = {k: v for k, v in state.items() if not k.endswith("position_ids")}
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    config = config_from_shapes(shapes)
+    shared = state.get("shared.weight", state.get("encoder.embed_tokens.weight"))
+    state = {**state, "shared.weight": shared, "encoder.embed_tokens.weight": shared}
+    dtype = load_dtype(stored_dtype(state))
+    state = dequantize(state, dtype)
+    what = f"UMT5 text encoder {name}"
+    module = build_module(UMT5EncoderModel, UMT5Config(**config).to_dict(), state, what)
+    exact_keys(state, module.state_dict().keys(), what)
+    return Umt5(module.eval(), spm_tokenizer(spiece.numpy().tobytes()), name)
+
+
+def _weighted_ids(tokenizer, text: str) -> list[tuple[int, float]]:
+    """(token, weight) pairs of a prompt with ComfyUI's (text:1.2) weights (UMT5 takes no embeddings)."""
+    from genloom.diffusion.prompt_weights import parse_weights
+
+    return [(t, weight) for segment, weight in parse_weights(text)
+            for t in tokenizer(segment, add_special_tokens=False, truncation=False).input_ids]
+
+
+def encode(umt5: Umt5, text: str, min_length: int = MIN_TOKENS):
+    """Wan's conditioning [1, max(512, n + 1), D] float32 CPU: the tokens' last hidden states, zeros
+    where the padding is; weighted tokens moved from the empty prompt's outputs by their weights."""
+    return _encode(umt5.module, umt5.tokenizer, text, min_length)
+
+
+def encode_clip(clip, texts: dict):
+    """ClipHandle.family_encode of a Wan CLIP: (conditioning, no pooled output)."""
+    return _encode(clip.text_encoders[0], clip.tokenizers[0], texts.get("umt5") or "", MIN_TOKENS), None
+
+
+def load_clip(paths: list, device: str | None = None):
+    """CLIPLoader type `wan`: one UMT5 file -> a CLIP handle of kind "wan"."""
+    from pathlib import Path
+
+    from .handles import ClipHandle
+    from .weights import read_state_dict
+
+    if len(paths) != 1:
+        raise CheckpointError(f"type wan takes one UMT5 text encoder file, not {len(paths)}")
+    path = Path(paths[0])
+    encoder = from_state(read_state_dict(path)[0], path.stem)
+    return ClipHandle(tokenizers=(encoder.tokenizer,), text_encoders=(encoder.module,), kind="wan",
+                      name=path.stem, roles=("umt5",), device=device, family_encode=encode_clip)
+
+
+def _encode(module, tok, text: str, min_length: int):
+    import torch
+
+    from .owner import model_owner
+
+    pairs = _weighted_ids(tok, text) + [(tok.eos_token_id, 1.0)]
+    length = max(min_length, len(pairs))
+    ids = torch.full((1, length), tok.pad_token_id, dtype=torch.long)
+    ids[0, :len(pairs)] = torch.tensor([t for t, _w in pairs])
+    mask = torch.zeros(1, length, dtype=torch.long)
+    mask[0, :len(pairs)] = 1
+    weights = torch.tensor([w for _t, w in pairs])
+    with torch.no_grad(), model_owner().memory.use(module) as enc:
+        device = next(enc.parameters()).device
+        out = enc(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state.float().cpu()
+        if bool((weights != 1.0).any()):
+            empty = torch.full_like(ids, tok.pad_token_id)
+            empty[0, 0] = tok.eos_token_id
+            alone = torch.zeros_like(mask)
+            alone[0, 0] = 1
+            base = enc(input_ids=empty.to(device), attention_mask=alone.to(device)).last_hidden_state.float().cpu()
+            w = weights.reshape(1, -1, 1)
+            out[:, :len(pairs)] = base[:, :len(pairs)] + (out[:, :len(pairs)] - base[:, :len(pairs)]) * w
+    out[:, len(pairs):] = 0.0
+    return out

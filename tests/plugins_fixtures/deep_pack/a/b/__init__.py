@@ -1,0 +1,3 @@
+from .node import DeepJoin
+
+__all__ = ["DeepJoin"]

@@ -1,0 +1,5 @@
+from ... import helpers
+
+
+def deeper():
+    return helpers.shout("deep")
