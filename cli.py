@@ -404,7 +404,7 @@ def _run_many(args, engine, workflow) -> int:
             cluster = ClusterConfig(address=args.ray, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
                                     cpus_per_worker=args.cpus_per_worker, plugins_dirs=args.plugins_dir,
                                     models_dirs=args.models_dir or None, cache=args.cache, device=args.device,
-                                    ship_code=args.ship_code)
+                                    ship_code=args.ship_code, options=dict(engine.options))
             outcomes = sweep.run_ray(cluster, runs, _output_dirs(engine), extra, bar)
         else:
             outcomes = sweep.run_local(engine, runs, extra, bar)

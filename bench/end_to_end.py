@@ -12,6 +12,8 @@ Cases (printed as one table, genloom / pipeline = ratio, target <= 1.05):
                the shipped config), small resolution, 2 steps: per-step overhead on a real-size net.
   flux/nodes   Flux.1 dev at its real width through CLIPTextEncode + FluxGuidance + KSampler +
                VAEDecode against FluxPipeline, bfloat16, 1 step (bench/flux_case.py says the depth).
+  wan/nodes    Wan 2.1 1.3B at full size (random weights, bfloat16): EmptyHunyuanLatentVideo + KSampler +
+               VAEDecode against WanPipeline, 5 frames, 1 step, with peak memory (bench/wan_case.py).
 The tiny model is models/diffusers/genloom-tiny when it exists, else one built from small configs.
 Times are the best of --reps runs, wall clock and process CPU time (CPU time is steadier on a
 shared machine). The device is CUDA when torch sees one (float16 UNet on both sides), else the CPU.
@@ -190,6 +192,7 @@ def main(argv=None):
     parser.add_argument("--flux-size", type=int, default=256, help="pixels for the Flux case")
     parser.add_argument("--flux-depth", default="auto",
                         help="double,single blocks for the Flux case (auto: 19,38 on CUDA, 1,2 on the CPU)")
+    parser.add_argument("--skip-wan", action="store_true", help="skip the Wan case")
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads (1 gives steady figures on a shared machine)")
     args = parser.parse_args(argv)
@@ -231,6 +234,12 @@ def main(argv=None):
 
                 depth = None if args.flux_depth == "auto" else tuple(int(v) for v in args.flux_depth.split(","))
                 row, note = flux_row(device, args.flux_size, depth, max(1, args.reps // 2), best_of)
+                print(note)
+                rows.append(row)
+            if not args.skip_wan:
+                from wan_case import wan_row
+
+                row, note = wan_row(device, 64, 5, max(1, args.reps // 2), best_of)
                 print(note)
                 rows.append(row)
         finally:

@@ -25,7 +25,7 @@ def make_runner(config, engine, store, hub, dirs):
     cluster = ClusterConfig(address=config.ray, workers=config.workers, gpus_per_worker=config.gpus_per_worker,
                             cpus_per_worker=config.cpus_per_worker, plugins_dirs=list(config.plugins_dirs or ()),
                             models_dirs=config.models_dirs, cache=config.cache, device=config.device,
-                            ship_code=config.ship_code)
+                            ship_code=config.ship_code, options=dict(engine.options))
     owned = connect(cluster)
     actors = start_workers(cluster)
     runner = Dispatcher(engine, store, hub, dirs, actors, on_stop=lambda: stop_workers(actors, owned))

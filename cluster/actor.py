@@ -135,7 +135,7 @@ class EngineWorker:
     {folder index: {relative path: bytes}}, unpacked here, so the workers need no shared file system."""
 
     def __init__(self, name: str, plugins: dict, models_dirs: list[str] | None, cache: str, device: str,
-                 env: dict[str, str]):
+                 env: dict[str, str], options: dict | None = None):
         os.environ.update(env)
         from ..runtime import Engine, build_registry
 
@@ -155,6 +155,7 @@ class EngineWorker:
         self.engine = Engine(registry=build_registry(plugin_dirs), cache=cache, device=device,
                              models_dirs=models_dirs, input_dir=self.dirs["input"],
                              output_dir=self.dirs["output"], temp_dir=self.dirs["temp"])
+        self.engine.options.update(options or {})  # the server's or CLI's limits hold on the workers too
         self.device = device
         self.buffer = _Buffer()
         self.files = _Files(self.dirs)

@@ -36,6 +36,7 @@ class ClusterConfig:
     cache: str = "default"
     device: str = "auto"
     ship_code: str = "auto"
+    options: dict = field(default_factory=dict)  # engine options for every worker (the size limits)
 
     def ships_code(self) -> bool:
         return self.ship_code == "always" or (self.ship_code == "auto" and self.address != "local")
@@ -106,7 +107,7 @@ def start_workers(config: ClusterConfig, prefix: str = "genloom-worker") -> list
     out = []
     for i in range(config.workers):
         name = f"{prefix}-{i}"
-        out.append((name, remote.remote(name, plugins, models, config.cache, device, env)))
+        out.append((name, remote.remote(name, plugins, models, config.cache, device, env, dict(config.options))))
     return out
 
 

@@ -12,9 +12,10 @@ from typing import Any
 
 from .ui_import import has_control_widget, widget_default, _NOTHING
 
-COLUMN = 400  # px between columns
+GAP_X = 60  # px between columns
 GAP = 40  # px between nodes of a column
 WIDTH = 320
+CHAR = 8  # px of a title character, about
 SLOT = 22  # the editor's slot and widget heights, about
 WIDGET = 26
 MULTILINE = 110
@@ -142,19 +143,29 @@ def ui_export(graph: dict, registry) -> dict:
             socket["link"] = link_id
             if socket["type"] == "*":
                 socket["type"] = kind
-    _lay_out(nodes, [depth[k] for k in graph])
+    view = _lay_out(nodes, [depth[k] for k in graph])
     workflow = {"last_node_id": max(ids.values(), default=0), "last_link_id": len(links), "nodes": nodes,
-                "links": links, "groups": [], "config": {}, "extra": {"ds": {"scale": 1.0, "offset": [0, 0]}},
-                "version": 0.4}
+                "links": links, "groups": [], "config": {}, "extra": {"ds": view}, "version": 0.4}
     return workflow
 
 
-def _lay_out(nodes: list[dict], depths: list[int]) -> None:
-    """Columns by depth, each node under the previous one of its column; `order` follows depth."""
-    heights: dict[int, float] = {}
+def _lay_out(nodes: list[dict], depths: list[int]) -> dict:
+    """Columns by depth, each node under the previous one of its column, as wide as its title needs;
+    `order` follows depth. Returns the view (`extra.ds`) that shows the whole graph on a 1300x760 screen."""
     for order, index in enumerate(sorted(range(len(nodes)), key=lambda i: depths[i])):
         nodes[index]["order"] = order
+    widths: dict[int, float] = {}
+    for node, column in zip(nodes, depths):
+        node["size"][0] = max(WIDTH, CHAR * len(node.get("title") or node["type"]) + 60)
+        widths[column] = max(widths.get(column, 0), node["size"][0])
+    x, lefts = 0.0, {}
+    for column in sorted(widths):
+        lefts[column] = x
+        x += widths[column] + GAP_X
+    heights: dict[int, float] = {}
     for node, column in zip(nodes, depths):
         y = heights.get(column, 0.0)
-        node["pos"] = [column * COLUMN, y]
+        node["pos"] = [lefts[column], y]
         heights[column] = y + node["size"][1] + GAP
+    scale = max(0.1, round(min(1.0, 1300 / max(x, 1), 760 / max(max(heights.values(), default=1), 1)), 2))
+    return {"scale": scale, "offset": [round(90 / scale), round(120 / scale)]}

@@ -62,7 +62,8 @@ def _stamps(*names) -> str:
 
 
 class UNETLoader(Node):
-    """Loads a diffusion model on its own (SD3/SD3.5 MMDiT, Flux.1) from diffusion_models/ or unet/."""
+    """Loads a diffusion model on its own (SD3/SD3.5 MMDiT, Flux.1, Qwen-Image, Z-Image...) from
+    diffusion_models/ or unet/."""
 
     category = "advanced/loaders"
     display_name = "Load Diffusion Model"
@@ -87,7 +88,8 @@ class UNETLoader(Node):
 
 class CLIPLoader(Node):
     """Loads one text-encoder file: CLIP-L for stable_diffusion; CLIP-L, CLIP-G or T5 XXL alone for sd3
-    (the missing encoders give zeros, as in ComfyUI)."""
+    (the missing encoders give zeros, as in ComfyUI); the Qwen2.5-VL language model for qwen_image, Qwen3
+    for lumina2 (Z-Image), with Qwen's tokenizer from text_encoders/qwen25_tokenizer/."""
 
     category = "advanced/loaders"
     display_name = "Load CLIP"

@@ -132,16 +132,16 @@ class WanFirstLastFrameToVideo(Node):
         frames = latent_frames(length)
         h, w = height // 8, width // 8
         video = torch.full((length, height, width, 3), 0.5)
-        given = torch.ones((frames * 4, h, w))  # pixel frames, the first one counted four times
+        todo = torch.ones((frames * 4, h, w))  # 0 = given; pixel frames, the first one counted four times
         if start_image is not None:
             start = scale_image(start_image[:length], width, height, "bilinear", "center")[..., :3]
             video[:start.shape[0]] = start
-            given[:start.shape[0] + 3] = 0.0
+            todo[:start.shape[0] + 3] = 0.0
         if end_image is not None:
             end = scale_image(end_image[-length:], width, height, "bilinear", "center")[..., :3]
             video[-end.shape[0]:] = end
-            given[-end.shape[0]:] = 0.0
-        mask = given.reshape(1, frames, 4, h, w).transpose(1, 2)  # [1, 4, frames, h, w]
+            todo[-end.shape[0]:] = 0.0
+        mask = todo.reshape(1, frames, 4, h, w).transpose(1, 2)  # [1, 4, frames, h, w]
         extra = {"concat_latent_image": vae.encode(video), "concat_mask": mask}
         vision = _joined_vision(clip_vision_start_image, clip_vision_end_image)
         if vision is not None:
@@ -253,7 +253,7 @@ class WanVaceToVideo(Node):
             trim = ref.shape[2]
             control = torch.cat([ref, control], dim=2)
             cells = torch.cat([torch.zeros((64, trim, h, w)), cells], dim=1)
-        added = {"vace_frames": [control], "vace_mask": [(1 - cells)[None]], "vace_strength": [float(strength)]}
+        added = {"vace_frames": [control], "vace_mask": [cells[None]], "vace_strength": [float(strength)]}
         latent = torch.zeros([batch_size, 16, frames + trim, h, w])
         return (_appended(positive, added), _appended(negative, added), {"samples": latent}, trim)
 

@@ -84,7 +84,7 @@ class Templates:
             meta = self.envelope(name).get("metadata") or {}
             entries.append({"name": name, "title": meta.get("title") or name.replace("_", " ").capitalize(),
                             "description": meta.get("description", ""), "mediaType": "image",
-                            "mediaSubtype": THUMBNAIL, "tags": ["genloom"], "models": meta.get("models", [])})
+                            "mediaSubtype": THUMBNAIL, "tags": ["genloom"]})
         return [{"moduleName": "default", "title": "genloom", "type": "image", "isEssential": True,
                  "templates": entries}] if entries else []
 
@@ -123,8 +123,9 @@ class Templates:
                                 headers={"Content-Type": f"image/{THUMBNAIL}", "Cache-Control": "no-cache"})
 
     async def packs(self, request):
-        """{pack: [workflow names]}: genloom's templates, then each loaded pack's example workflows."""
-        listed = {PACK: self.names()} if self.names() else {}
+        """{pack: [workflow names]}: each loaded pack's example workflows. genloom's own examples are the
+        core templates (/templates/index.json); listed here too, the editor would show each twice."""
+        listed = {}
         for pack, dirs in sorted(self.pack_dirs.items()):
             names = sorted({p.stem for d in dirs for p in d.glob("*.json") if p.is_file() and not p.is_symlink()})
             if names:

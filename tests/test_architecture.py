@@ -144,3 +144,14 @@ def test_every_declared_dependency_is_imported_or_marked_indirect():
             continue
         line = next(line for line in text.splitlines() if line.strip().startswith(f'"{spec}"'))
         assert "# indirect:" in line, f"{name} is declared but never imported, and not marked indirect"
+
+
+def test_every_package_is_in_the_distribution():
+    """A non-editable install ships only the packages pyproject lists: each folder with an __init__.py
+    must be one of them (a missing one installs and then fails to import)."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(("genloom",) + p.parent.relative_to(ROOT).parts) for p in ROOT.rglob("__init__.py")
+             if not {"tests", "build", ".venv", "node_modules"} & set(p.relative_to(ROOT).parts)}
+    assert found - listed == set(), f"packages pyproject.toml does not list: {sorted(found - listed)}"

@@ -132,3 +132,35 @@ def test_example_workflow_validates_and_runs(refiner_models, tmp_path):
     result = engine.run(envelope)
     (entry,) = [e for ui in result.outputs.values() for e in ui.get("images", [])]
     assert (tmp_path / "out" / entry["subfolder"] / entry["filename"]).is_file()
+
+
+def test_refiner_checkpoint_save_round_trip(refiner_models, ctx, tmp_path):
+    """CheckpointSave writes the refiner back in its layout (CLIP-G as embedder 0) with ComfyUI's
+    refiner modelspec, and it loads to the same weights and encodings."""
+    import shutil
+
+    from safetensors import safe_open
+
+    from genloom.engine import context
+    from genloom.nodes.conditioning import CLIPTextEncodeSDXLRefiner
+    from genloom.nodes.loaders import CheckpointLoaderSimple
+    from genloom.nodes.model_merging import CheckpointSave
+
+    model, clip, vae = CheckpointLoaderSimple().run("tiny-refiner.safetensors")
+    CheckpointSave().run(model, clip, vae, "again")
+    saved = context.current().folders.output_dir / "again_00001_.safetensors"
+    with safe_open(str(saved), "pt") as f:
+        keys, meta = set(f.keys()), f.metadata()
+    assert meta["modelspec.architecture"] == "stable-diffusion-xl-v1-refiner"
+    assert "conditioner.embedders.0.model.text_projection" in keys
+    assert not any(k.startswith("conditioner.embedders.1.") for k in keys)
+    shutil.copy(saved, refiner_models / "checkpoints" / "again.safetensors")
+    try:
+        m2, c2, _v2 = CheckpointLoaderSimple().run("again.safetensors")
+        for a, b in zip(m2.unet.state_dict().values(), model.unet.state_dict().values()):
+            assert a.equal(b)
+        (one,) = CLIPTextEncodeSDXLRefiner().run(6.0, 16, 16, PROMPT, clip)
+        (two,) = CLIPTextEncodeSDXLRefiner().run(6.0, 16, 16, PROMPT, c2)
+        assert one[0][0].equal(two[0][0]) and one[0][1]["pooled_output"].equal(two[0][1]["pooled_output"])
+    finally:
+        (refiner_models / "checkpoints" / "again.safetensors").unlink()

@@ -6,7 +6,6 @@ genloom's sigma-space sampler (genloom.diffusion.sampling)."""
 from __future__ import annotations
 
 import contextvars
-import types
 import weakref
 
 from genloom.diffusion.sampling import k_samplers
@@ -39,29 +38,16 @@ def sampler_object(name: str) -> Sampler:
     return Sampler(name)
 
 
-# A pack's own sampler function is entered in genloom's sampler table under a name of its own; the
-# entry of a plain function goes when the function does.
-_PLUGIN_SAMPLERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
 def KSAMPLER(sampler_function, extra_options: dict | None = None, inpaint_options: dict | None = None):
     """A SAMPLER running `sampler_function(model, x, sigmas, extra_args=, callback=, disable=,
     **extra_options)` the k-diffusion way: `model(x, sigma_batch, **extra_args) -> denoised`,
-    `callback({"x", "i", "sigma", "sigma_hat", "denoised"})`."""
+    `callback({"x", "i", "sigma", "sigma_hat", "denoised"})`. The SAMPLER carries the function
+    itself: genloom's sampler table is never changed by a pack."""
     fn = sampler_function
-    name = _PLUGIN_SAMPLERS.get(fn) if isinstance(fn, types.FunctionType) else None
-    if name is None:
-        owner = getattr(fn, "__self__", fn)  # a bound method is made anew at each access: name its object
-        name = f"plugin:{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', 'sampler')}@{id(owner):x}"
-        if isinstance(fn, types.FunctionType):
-            k_samplers.SAMPLERS[name] = _adapter(weakref.ref(fn))
-            weakref.finalize(fn, k_samplers.SAMPLERS.pop, name, None)
-            _PLUGIN_SAMPLERS[fn] = name
-        else:  # a bound method or callable object: held for good, one entry per object
-            k_samplers.SAMPLERS[name] = _adapter(lambda: fn)
-    # genloom's loop takes eta and s_noise for itself: they travel renamed to reach the function
+    name = f"plugin:{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', 'sampler')}"
+# genloom's loop takes eta and s_noise for itself: they travel renamed to reach the function
     options = {_RENAMED.get(k, k): v for k, v in (extra_options or {}).items()}
-    return Sampler(name, tuple(sorted(options.items())))
+    return Sampler(name, tuple(sorted(options.items())), function=_adapter(lambda: fn))
 
 
 _RENAMED = {"eta": "plugin_eta", "s_noise": "plugin_s_noise"}

@@ -11,7 +11,7 @@ ModelHandle (MODEL)
   .unet              UNet2DConditionModel with base weights; do not call it directly, use `use()`.
   .scheduler_config  dict, the model's ORIGINAL diffusers scheduler config: build every swapped
                      scheduler from it (`EulerDiscreteScheduler.from_config(m.scheduler_config)`).
-  .kind              "sd1" | "sd2" | "sdxl" (from the UNet and text encoder configs)
+  .kind              "sd1" | "sd2" | "sdxl" | "sdxl_refiner" (from the UNet and text encoder configs)
   .prediction_type   "epsilon" | "v_prediction"
   .latent_channels, .vae_scale_factor (pixels per latent cell, 8 for SD)
   .needs_time_ids    True when the UNet wants SDXL's added_cond_kwargs
@@ -20,6 +20,8 @@ ModelHandle (MODEL)
   .sampling          ModelSampling or None; .with_sampling(ms) -> a patched copy
   .model_options     ComfyUI's model_options dict (cfg functions ...); .with_options(**kw) -> a copy
   .cond_extras(extra, height, width) -> the network's inputs from one CONDITIONING entry's dict
+                     (with the run's latent_image and denoise_mask; an inpainting UNet's extra
+                     channels come out as "c_concat", genloom.diffusion.inpaint)
   .predict(unet, x, t, emb, extras) -> the network's output: a new family overrides these two
   .latent_format     LatentFormat or None (the family's): the sampler maps raw VAE latents in/out
   with model.use(device, dtype=None) as unet: ...   # unet on device, patches applied, pinned in VRAM

@@ -100,10 +100,10 @@ def build(state: dict, name: str, config: dict | None = None):
     if family is None:
         raise CheckpointError(f"{name}: not a Qwen2.5-VL or Qwen3 language model")
     config = config or config_from_shapes(shapes, family)
-    if "lm_head.weight" not in state:  # tied output head: the token embeddings
-        state["lm_head.weight"] = state[_EMBED]
     dtype = load_dtype(stored_dtype(state))
     state = dequantize(state, dtype)
+    if "lm_head.weight" not in state:  # tied output head: the token embeddings
+        state["lm_head.weight"] = state[_EMBED]
     what = f"{'Qwen2.5-VL' if family == 'qwen25_vl' else 'Qwen3'} text encoder {name}"
     if family == "qwen25_vl":
         if "visual.patch_embed.proj.weight" not in state:
@@ -144,6 +144,20 @@ def find_tokenizer(path: Path):
     raise CheckpointError(f"{path.name}: no Qwen tokenizer found; put Qwen's tokenizer files (tokenizer.json "
                           f"or vocab.json + merges.txt, and tokenizer_config.json) in {path.parent / names[1]}/ "
                           f"(Qwen2.5-VL and Qwen3 share it)")
+
+
+def refuse_for(paths: list, clip_type: str) -> None:
+    """A language-model file given to another CLIP type: say which types take it."""
+    from .weights import read_header
+
+    for path in paths:
+        if Path(path).suffix.lower() not in (".safetensors", ".sft"):
+            continue
+        family = detect(read_header(Path(path))[0])
+        if family is not None:
+            takes = [t for t, (_kind, wants, _role) in CLIP_TYPES.items() if wants == family]
+            raise CheckpointError(f"{Path(path).name} is a {'Qwen2.5-VL' if family == 'qwen25_vl' else 'Qwen3'} "
+                                  f"language model: load it with type {' or '.join(takes)}, not {clip_type}")
 
 
 def load_clip(paths: list, clip_type: str, device: str | None = None):

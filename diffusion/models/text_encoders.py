@@ -252,6 +252,7 @@ def load_clip_files(paths: list, clip_type: str, device: str | None = None):
     paths = [Path(p) for p in paths]
     if clip_type in llm_encoders.CLIP_TYPES:
         return llm_encoders.load_clip(paths, clip_type, device)
+    llm_encoders.refuse_for(paths, clip_type)
     if clip_type == "wan":  # UMT5, its tokenizer inside the file
         from . import umt5
 

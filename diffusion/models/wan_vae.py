@@ -17,7 +17,8 @@ renaming here follows diffusers' Wan 2.2 conversion (`resnets.N`, `downsampler`/
 AutoencoderKLWan(is_residual=True).
 
 As in ComfyUI, VAEEncode takes an IMAGE batch as the frames of one video ([T, H, W, 3] ->
-[1, 16, 1 + (T - 1) / 4, H / 8, W / 8]) and VAEDecode returns the frames as an IMAGE batch.
+[1, 16, 1 + (T - 1) / 4, H / 8, W / 8]; Wan 2.2's [1, 48, ..., H / 16, W / 16]) and VAEDecode returns
+the frames as an IMAGE batch.
 """
 
 from __future__ import annotations
@@ -36,6 +37,12 @@ _DETECT = ("encoder.downsamples.0.residual.0.gamma", "decoder.upsamples.0.residu
 _DETECT22 = ("encoder.downsamples.0.downsamples.0.residual.0.gamma", "decoder.upsamples.0.upsamples.0.residual.0.gamma")
 _RESIDUAL = {"norm1.gamma": "residual.0.gamma", "conv1": "residual.2", "norm2.gamma": "residual.3.gamma",
              "conv2": "residual.6", "conv_shortcut": "shortcut"}
+# diffusers' names -> the original ones, for the parts outside the levels
+_FIXED = {"encoder.conv_in": "encoder.conv1", "decoder.conv_in": "decoder.conv1", "quant_conv": "conv1",
+          "post_quant_conv": "conv2", "encoder.norm_out": "encoder.head.0", "encoder.conv_out": "encoder.head.2",
+          "decoder.norm_out": "decoder.head.0", "decoder.conv_out": "decoder.head.2"}
+# a Wan 2.2 level in diffusers' names: its residual blocks, then its resampler
+_LEVEL22 = r"(encoder\.down|decoder\.up)_blocks\.(\d+)\.(resnets\.(\d+)|downsampler|upsampler)\.(.*)"
 
 
 def detect(shapes: dict) -> bool:
@@ -59,14 +66,6 @@ def _diffusers_resnet(rest: str) -> str:
         if rest == b or rest.startswith(b + "."):
             return a + rest[len(b):]
     return rest
-
-
-_FIXED = {"encoder.conv_in": "encoder.conv1", "decoder.conv_in": "decoder.conv1", "quant_conv": "conv1",
-          "post_quant_conv": "conv2", "encoder.norm_out": "encoder.head.0", "encoder.conv_out": "encoder.head.2",
-          "decoder.norm_out": "decoder.head.0", "decoder.conv_out": "decoder.head.2"}
-
-
-_LEVEL22 = r"(encoder\.down|decoder\.up)_blocks\.(\d+)\.(resnets\.(\d+)|downsampler|upsampler)\.(.*)"
 
 
 def wan22_to_diffusers(state: dict) -> dict:

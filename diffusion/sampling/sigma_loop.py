@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from genloom.diffusion.errors import SamplingError
 from genloom.diffusion.models.owner import model_owner
@@ -107,6 +108,12 @@ class Sampler:
 
     name: str
     options: tuple = ()  # ((key, value), ...)
+    # A plugin's own sampler function (comfy.samplers.KSAMPLER), carried by the SAMPLER itself so
+    # genloom's name table never changes; None: the function of `name` in k_samplers.SAMPLERS.
+    function: Any = field(default=None, compare=False)
+
+    def algorithm(self):
+        return self.function if self.function is not None else k_samplers.SAMPLERS.get(self.name)
 
 
 def sample_sigmas(guider: Guider, sampler: Sampler, sigmas, latent: dict, noise, *, seed: int,
@@ -122,7 +129,7 @@ def sample_sigmas(guider: Guider, sampler: Sampler, sigmas, latent: dict, noise,
         axes = "frames, height, width" if video else "height, width"
         raise SamplingError(f"latent_image has shape {tuple(samples.shape)} but this model takes "
                             f"[batch, {want}, {axes}] latents")
-    if sampler.name not in k_samplers.SAMPLERS:
+    if sampler.algorithm() is None:
         raise SamplingError(f"sampler {sampler.name!r} is not supported; choose one of "
                             f"{', '.join(k_samplers.SAMPLER_NAMES)}")
     sigmas = torch.as_tensor(sigmas, dtype=torch.float32).reshape(-1).cpu()
@@ -176,7 +183,7 @@ def sample_sigmas(guider: Guider, sampler: Sampler, sigmas, latent: dict, noise,
             eta = float(opts.pop("eta", k_samplers.ETA_DEFAULT.get(sampler.name, 1.0)))
             step_ctx = k_samplers.StepContext(ms, noiser, callback, eta=eta,
                                               s_noise=float(opts.pop("s_noise", 1.0)))
-            return k_samplers.SAMPLERS[sampler.name](denoise, x, sigmas.tolist(), step_ctx, **opts)
+            return sampler.algorithm()(denoise, x, sigmas.tolist(), step_ctx, **opts)
 
     out = model_owner().memory.retry_on_oom(run, "sampling")
     out = fmt.process_out(ms.inverse_noise_scaling(float(sigmas[-1]), out))

@@ -51,7 +51,7 @@ def srv(tmp_path_factory):
     server = None
     try:
         server = InProcessServer(base / "data", plugins, ray="local", workers=2, cpus_per_worker=0.5,
-                                 cache="lru:200")
+                                 cache="lru:200", max_batch=8)
         _wait_workers(server, 2)
         yield server
     finally:
@@ -172,6 +172,18 @@ def test_a_pack_a_worker_cannot_load_is_the_prompts_error(srv):
     assert history["status"]["status_str"] == "error"
     error = srv.http.get(f"/api/jobs/{pid}")[1]["execution_error"]
     assert "TestShy" in str(error) and error["worker"].startswith("genloom-worker-")
+
+
+def test_the_servers_size_limits_hold_on_the_workers(srv):
+    """--max-batch 8: a batch made at run time on a worker (RepeatLatentBatch) is refused there too."""
+    graph = {"1": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 2}},
+             "2": {"class_type": "RepeatLatentBatch", "inputs": {"samples": ["1", 0], "amount": 8}},
+             "3": {"class_type": "PreviewAny", "inputs": {"source": ["2", 0]}}}
+    pid = srv.http.submit(graph)
+    history = srv.http.wait_history(pid, 120)
+    assert history["status"]["status_str"] == "error"
+    error = srv.http.get(f"/api/jobs/{pid}")[1]["execution_error"]
+    assert "amount" in str(error) and "--max-batch" in str(error), error
 
 
 def test_a_killed_worker_requeues_once_then_fails(srv):

@@ -146,3 +146,75 @@ def test_packing_round_trips_odd_sizes():
     assert torch.equal(qwen_image.unpack(tokens, x), x)
     # 2x2 patches channel-major, as diffusers' _pack_latents lays them out
     assert torch.equal(tokens[0, 0], x[0, :, :2, :2].reshape(16, 4).reshape(-1))
+
+
+def _same(a, b) -> bool:
+    return list(a) == list(b) if isinstance(a, (list, tuple)) else a == b
+
+
+def test_full_size_configs_are_read_from_the_shapes():
+    """Qwen-Image's 60-layer transformer and the Qwen2.5-VL 7B encoder (built on the meta device)."""
+    from diffusers import QwenImageTransformer2DModel
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    from genloom.diffusion.models import llm_encoders
+
+    with torch.device("meta"):
+        full = QwenImageTransformer2DModel()  # diffusers' defaults are Qwen-Image's
+    config = qwen_image.config_from_shapes({k: tuple(v.shape) for k, v in full.state_dict().items()})
+    assert all(_same(v, full.config[k]) for k, v in config.items()), config
+    text = dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                num_attention_heads=28, num_key_value_heads=4)
+    with torch.device("meta"):
+        seven_b = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(text_config=text, vision_config={"out_hidden_size": 3584}))
+    shapes = {k: tuple(v.shape) for k, v in seven_b.state_dict().items()}
+    assert llm_encoders.detect(shapes) == "qwen25_vl"
+    read = llm_encoders.config_from_shapes(llm_encoders._text_keys(shapes), "qwen25_vl")
+    assert {k: read["text_config"][k] for k in text} == text and read["text_config"]["head_dim"] == 128
+    assert read["text_config"]["rope_parameters"]["mrope_section"] == [16, 24, 24]  # Qwen2.5-VL's
+    vision = seven_b.config.vision_config
+    assert all(getattr(vision, k) == v for k, v in read["vision_config"].items()), read["vision_config"]
+
+
+def test_reference_latents_go_in_as_the_edit_pipeline_puts_them(qwen, tmp_folders):
+    """ReferenceLatent's images (Qwen-Image-Edit): normalised like the edit pipeline's image latents,
+    packed, appended to the image tokens with the next rotary frame index, the output cut back to the
+    generated image's tokens (QwenImageEditPipeline's transformer call)."""
+    from diffusers import QwenImagePipeline
+
+    from genloom.diffusion.models.families import load_diffusion_model
+
+    model = load_diffusion_model(qwen["models"] / "diffusion_models" / "qwen_image_tiny.safetensors")
+    torch.manual_seed(0)
+    x, ref, emb = torch.randn(1, 16, 4, 4), torch.randn(1, 16, 1, 6, 4), torch.randn(1, 5, 64)
+    extras = model.cond_extras({"reference_latents": [ref]}, SIZE, SIZE)
+    with torch.no_grad():
+        mine = model.predict(model.unet, x, torch.tensor(0.5), emb, extras)
+        mean = torch.tensor(qwen["vae"].config.latents_mean).view(1, 16, 1, 1, 1)
+        std = torch.tensor(qwen["vae"].config.latents_std).view(1, 16, 1, 1, 1)
+        pack = QwenImagePipeline._pack_latents
+        tokens = torch.cat([pack(x, 1, 16, 4, 4), pack(((ref - mean) / std)[:, :, 0], 1, 16, 6, 4)], dim=1)
+        out = qwen["transformer"](hidden_states=tokens, encoder_hidden_states=emb, timestep=torch.tensor([0.5]),
+                                  img_shapes=[[(1, 2, 2), (1, 3, 2)]], return_dict=False)[0][:, :4]
+    ref_out = out.reshape(1, 2, 2, 16, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(1, 16, 4, 4)
+    assert torch.allclose(mine, ref_out, atol=1e-5)
+    with pytest.raises(Exception, match="by index"):
+        model.cond_extras({"reference_latents": [ref], "reference_latents_method": "offset"}, SIZE, SIZE)
+
+
+def test_other_layouts_and_wrong_types(qwen, tmp_path):
+    """A diffusers-keyed file without the prefix loads the same; a language model given to another
+    CLIP type is refused with the type that takes it."""
+    from safetensors.torch import load_file, save_file
+
+    from genloom.diffusion.errors import CheckpointError
+    from genloom.diffusion.models.families import load_diffusion_model
+    from genloom.diffusion.models.text_encoders import load_clip_files
+
+    state = load_file(str(qwen["models"] / "diffusion_models" / "qwen_image_tiny.safetensors"))
+    bare = {k[len("model.diffusion_model."):]: v for k, v in state.items()}
+    save_file(bare, str(tmp_path / "diffusers_keys.safetensors"))
+    model = load_diffusion_model(tmp_path / "diffusers_keys.safetensors")
+    assert all(torch.equal(v, model.unet.state_dict()[k]) for k, v in bare.items())
+    with pytest.raises(CheckpointError, match="type qwen_image, not sd3"):
+        load_clip_files([qwen["models"] / "text_encoders" / "qwen_2.5_vl_tiny.safetensors"], "sd3")

@@ -253,9 +253,10 @@ def wan22(tmp_path_factory):
 
 
 def _vae22(wan22):
-    from genloom.diffusion.models.weights import read_state_dict
+    """The Wan 2.2 VAE file as VAELoader reads it."""
+    from genloom.diffusion.models.single_file import load_vae_file
 
-    return wan_vae.build(read_state_dict(wan22["folder"] / "wan22_vae.safetensors")[0], "wan22_vae")
+    return load_vae_file(wan22["folder"] / "wan22_vae.safetensors").vae
 
 
 def test_wan22_vae_layout_round_trips_and_encodes_like_diffusers(wan22):
@@ -496,6 +497,17 @@ def test_vace_control_video_with_reference_equals_the_vace_pipeline(wan, tmp_pat
                generator=torch.Generator("cpu").manual_seed(23), output_type="pt").frames[0]
     assert frames.shape == (FRAMES, SIZE, SIZE, 3)
     assert (frames - ref.permute(0, 2, 3, 1)).abs().max() < 1e-4
+    # positive and negative of different strengths share a batch: each row gets its own hint scale
+    x = torch.randn(2, 16, 3, SIZE // 8, SIZE // 8, generator=torch.Generator().manual_seed(4))
+    emb, t = torch.cat([pos[0][0], neg[0][0]]), torch.tensor([700.0, 700.0])
+    context = torch.cat([model.cond_extras({**pos[0][1]}, SIZE, SIZE)["vace_context"]] * 2)
+    extras = {"vace_context": context, "vace_scale": torch.tensor([0.7, 0.2])}
+    with torch.no_grad():
+        both = model.predict(vace, x, t, emb, extras)
+        rows = [vace(hidden_states=x[i:i + 1], timestep=t[i:i + 1], encoder_hidden_states=emb[i:i + 1],
+                     control_hidden_states=context[i:i + 1], control_hidden_states_scale=torch.tensor([s, s]),
+                     return_dict=False)[0] for i, s in enumerate((0.7, 0.2))]
+    assert torch.allclose(both, torch.cat(rows), atol=1e-5)
 
 
 def test_scaled_fp8_umt5_file_loads_dequantised(wan, tmp_path, tmp_folders):

@@ -89,3 +89,27 @@ def test_text_to_image_equals_z_image_pipeline(zi, tmp_folders):
     assert (image - ref.permute(0, 2, 3, 1)).abs().max() < 1e-4
     (again,) = KSampler().run(model, seed, steps, 1.0, "res_multistep", "simple", pos, neg, latent)
     assert again["samples"].shape == out["samples"].shape and torch.isfinite(again["samples"]).all()
+
+
+def test_full_size_configs_are_read_from_the_shapes():
+    """Z-Image's 30-layer, 3840-wide transformer and Qwen3-4B (built on the meta device)."""
+    from diffusers import ZImageTransformer2DModel
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from genloom.diffusion.models import llm_encoders
+
+    with torch.device("meta"):
+        full = ZImageTransformer2DModel()  # diffusers' defaults are Z-Image's
+    shapes = {k: tuple(v.shape) for k, v in z_image.to_original(full.state_dict()).items()}
+    assert z_image.detect(shapes)
+    config = z_image.config_from_shapes(shapes)
+    assert all((list(v) if isinstance(v, (list, tuple)) else v) ==
+               (list(full.config[k]) if isinstance(full.config[k], (list, tuple)) else full.config[k])
+               for k, v in config.items()), config
+    four_b = dict(vocab_size=151936, hidden_size=2560, intermediate_size=9728, num_hidden_layers=36,
+                  num_attention_heads=32, num_key_value_heads=8, head_dim=128)
+    with torch.device("meta"):
+        qwen3 = Qwen3ForCausalLM(Qwen3Config(**four_b, tie_word_embeddings=True))
+    shapes = {k: tuple(v.shape) for k, v in qwen3.state_dict().items() if k != "lm_head.weight"}
+    read = llm_encoders.config_from_shapes(shapes, llm_encoders.detect(shapes))
+    assert {k: read[k] for k in four_b} == four_b and read["tie_word_embeddings"] is True

@@ -100,3 +100,24 @@ def test_text_generate_on_loaded_encoders_equals_generate(downloaded, tmp_folder
     if key == "qwen3":  # no lm_head in the file: the output head is the token embeddings
         head = clip.text_encoders[0].get_output_embeddings().weight
         assert torch.equal(head, clip.text_encoders[0].get_input_embeddings().weight)
+
+
+def test_scaled_fp8_encoder_file_is_dequantised(downloaded, tmp_path):
+    """ComfyUI's `*_fp8_scaled` layout: float8 Linear weights, a `scale_weight` each, the marker."""
+    from safetensors.torch import load_file, save_file
+
+    from genloom.diffusion.models import llm_encoders
+
+    state = load_file(str(downloaded["root"] / "text_encoders" / "qwen_3_4b.safetensors"))
+    key = "model.layers.0.self_attn.q_proj.weight"
+    scale = state[key].abs().max() / 448.0
+    state[key] = (state[key] / scale).to(torch.float8_e4m3fn)
+    state["model.layers.0.self_attn.q_proj.scale_weight"] = scale.reshape(1)
+    state["scaled_fp8"] = torch.zeros(0, dtype=torch.float8_e4m3fn)
+    path = tmp_path / "qwen_3_4b_fp8_scaled.safetensors"
+    meta = {"genloom.config": json.dumps(downloaded["qwen3"].config.to_dict())}
+    save_file(state, str(path), metadata=meta)
+    family, module = llm_encoders.build(load_file(str(path)), path.stem, json.loads(meta["genloom.config"]))
+    assert family == "qwen3"
+    expected = state[key].float() * scale
+    assert torch.allclose(module.model.layers[0].self_attn.q_proj.weight.float(), expected)

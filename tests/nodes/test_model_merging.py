@@ -130,3 +130,28 @@ def test_checkpoint_save_round_trip(two_sd1, tmp_folders, tmp_path):
     want = {("text_model." + k if not k.startswith("text_model.") else k): v
             for k, v in c1.text_encoders[0].state_dict().items() if not k.endswith("position_ids")}
     _close(state, want)
+
+
+def test_sdxl_checkpoint_and_clip_save(tmp_folders, tmp_path):
+    from safetensors import safe_open
+
+    from genloom.nodes.loaders import CheckpointLoaderSimple
+    from genloom.nodes.model_merging import CheckpointSave, CLIPSave
+
+    model, clip, vae = CheckpointLoaderSimple().run("tiny-sdxl.safetensors")
+    CheckpointSave().run(model, clip, vae, "xl")
+    out = tmp_folders.folders.output_dir
+    with safe_open(str(out / "xl_00001_.safetensors"), "pt") as f:
+        keys, meta = set(f.keys()), f.metadata()
+    assert meta["modelspec.architecture"] == "stable-diffusion-xl-v1-base"
+    assert {"conditioner.embedders.0.transformer.text_model.final_layer_norm.weight",
+            "conditioner.embedders.1.model.ln_final.weight", "model.diffusion_model.label_emb.0.0.weight"} <= keys
+    (out / "xl_00001_.safetensors").rename(tmp_path / "models" / "checkpoints" / "xl.safetensors")
+    m2, c2, _v2 = CheckpointLoaderSimple().run("xl.safetensors")
+    _close(_unet(m2), _unet(model))
+    torch.testing.assert_close(c2.encode("a red cat")[1], clip.encode("a red cat")[1])
+    CLIPSave().run(clip, "te")
+    names = sorted(p.name for p in out.glob("te_*"))
+    assert names == ["te_clip_g_00001_.safetensors", "te_clip_l_00001_.safetensors"]
+    with safe_open(str(out / "te_clip_g_00001_.safetensors"), "pt") as f:
+        assert "text_projection.weight" in set(f.keys())

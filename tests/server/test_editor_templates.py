@@ -2,7 +2,7 @@
 
 A first visit (no settings, nothing saved) opens on genloom's txt2img on the shipped model, which the
 Run button turns into a picture; the template browser lists genloom's templates with their
-thumbnails, and the one picked loads and runs too.
+thumbnails, and the one picked loads and runs too; reloading the page keeps it.
 
 Needs Debian's chromium (tools/install_browser.sh) and Playwright; skipped only where chromium is missing.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -47,14 +48,18 @@ def _page(browser, srv, problems):
 
 
 def _run(page, srv, side, shot):
-    before = len(srv.http.get("/history")[1])
+    before = set(srv.http.get("/history")[1])
     page.get_by_role("button", name="Run", exact=True).first.click()
-    page.wait_for_function(SAVED_PICTURE, arg=side, timeout=120_000)
+    end = time.monotonic() + 300
+    while time.monotonic() < end and not set(srv.http.get("/history")[1]) - before:
+        time.sleep(0.5)
+    history = srv.http.get("/history")[1]
+    new = [history[k] for k in set(history) - before]
+    assert len(new) == 1, "the Run button queued nothing (or it did not finish)"
+    assert new[0]["status"]["status_str"] == "success", new[0]["status"]
+    page.wait_for_function(SAVED_PICTURE, arg=side, timeout=30_000)
     page.wait_for_timeout(300)
     page.screenshot(path=str(SHOT_DIR / shot))
-    history = srv.http.get("/history")[1]
-    assert len(history) == before + 1
-    assert all(h["status"]["status_str"] == "success" for h in history.values())
 
 
 def test_first_screen_and_template_browser(tmp_path):
@@ -92,14 +97,21 @@ def test_first_screen_and_template_browser(tmp_path):
                 page.evaluate("() => app.extensionManager.command.execute('Comfy.BrowseTemplates')")
                 card = page.get_by_text("Hires fix", exact=True).first
                 card.wait_for(timeout=30_000)
-                page.wait_for_function("() => [...document.querySelectorAll('img')].some(i => "
-                                       "i.src.includes('/templates/hires_fix-1.webp') && i.complete "
-                                       "&& i.naturalWidth === 256)", timeout=30_000)
+                # the thumbnails are fetched, then shown from blob: URLs
+                page.wait_for_function("(n) => [...document.querySelectorAll('[role=dialog] img')].filter(i => "
+                                       "i.complete && i.naturalWidth === 256).length >= n",
+                                       arg=len(srv.http.get("/templates/index.json")[1][0]["templates"]),
+                                       timeout=30_000)
                 page.screenshot(path=str(SHOT_DIR / "template_browser.png"))
                 card.click()
                 page.wait_for_function("() => app.graph.nodes.some(n => n.type === 'LatentUpscaleBy')",
                                        timeout=30_000)
                 _run(page, srv, 64, "template_run.png")
+                # what the editor restores (the open workflow) is never replaced by the default
+                page.reload()
+                page.wait_for_function("() => window.app?.graph?.nodes?.length > 0", timeout=60_000)
+                page.wait_for_timeout(500)
+                assert "LatentUpscaleBy" in page.evaluate("() => app.graph.nodes.map(n => n.type)")
             finally:
                 browser.close()
     finally:

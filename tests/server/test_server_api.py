@@ -40,7 +40,7 @@ def test_every_route_answers_at_x_and_api_x(srv):
     assert srv.http.get("/features")[1]["max_upload_size"] == srv.config.max_upload
     assert "checkpoints" in srv.http.get("/models")[1]
     assert srv.http.get("/models/not_a_folder")[0] == 404
-    assert srv.http.get("/extensions")[1] == []
+    assert srv.http.get("/extensions")[1] == ["/extensions/genloom/first_screen.js"]  # genloom's own
     assert srv.http.get("/users")[1] == {"storage": "server", "migrated": True}
     assert srv.http.post("/users", {"username": "x"})[0] == 400
     assert srv.http.get("/prompt")[1] == {"exec_info": {"queue_remaining": 0}}

@@ -15,7 +15,8 @@ Sampling as ComfyUI's QwenImage: rectified flow, shift 1.15 (ModelSamplingAuraFl
 timestep = sigma (multiplier 1; the network's timestep embedding scales it by 1000), the Wan 2.1
 latent format (the Qwen-Image VAE is a Wan 2.1 VAE, decoder fine-tuned, same statistics). LATENT is
 [B, 16, H/8, W/8] (EmptySD3LatentImage) or one frame [B, 16, 1, H/8, W/8]; the network sees it
-padded to even sizes and packed in 2x2 patches, as ComfyUI's and diffusers' pipelines do.
+padded to even sizes and packed in 2x2 patches, as ComfyUI's and diffusers' pipelines do. Reference
+latents (ReferenceLatent; what Qwen-Image-Edit reads) ride along as more image tokens.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from genloom.diffusion.errors import CheckpointError
+from genloom.diffusion.errors import CheckpointError, SamplingError
 
 from ..handles import ModelHandle
 from ..loading import build_module
@@ -72,6 +73,8 @@ def pack(x):
     import torch.nn.functional as F
 
     if x.ndim == 5:
+        if x.shape[2] != 1:
+            raise SamplingError(f"Qwen-Image makes single images: this latent has {x.shape[2]} frames")
         x = x[:, :, 0]
     b, c, h, w = x.shape
     ph, pw = (-h) % PATCH, (-w) % PATCH
@@ -98,16 +101,37 @@ class QwenImageHandle(DiTHandle):
     scheduler_config: dict = field(default_factory=lambda: dict(SCHEDULER))
 
     def cond_extras(self, extra: dict, height: int, width: int) -> dict:
-        mask = extra.get("attention_mask")
-        return {} if mask is None else {"attention_mask": mask}
+        """The text's attention mask where it has one; reference images (ReferenceLatent, the edit
+        models) as packed tokens in the model's latent space, each the next rotary frame index
+        (ComfyUI's "index" method, which diffusers' QwenImageEditPipeline also uses)."""
+        import torch
+
+        from genloom.diffusion.sampling.latent_formats import of_model
+
+        out = {} if extra.get("attention_mask") is None else {"attention_mask": extra["attention_mask"]}
+        refs = extra.get("reference_latents")
+        if refs:
+            method = extra.get("reference_latents_method", "index")
+            if method != "index":
+                raise SamplingError(f"Qwen-Image takes reference latents by index; {method!r} is not supported")
+            fmt = of_model(self)
+            packed = [pack(fmt.process_in(r.float())) for r in refs]
+            out["ref_tokens"] = torch.cat([tokens for tokens, _grid in packed], dim=1)
+            out["ref_grids"] = tuple(grid for _tokens, grid in packed)
+        return out
 
     def predict(self, transformer, x, t, emb, extras: dict):
+        import torch
+
         tokens, (gh, gw) = pack(x)
-        mask = extras.get("attention_mask")
+        shapes = [(1, gh, gw)]
+        if "ref_tokens" in extras:
+            tokens = torch.cat([tokens, extras["ref_tokens"].to(tokens.dtype)], dim=1)
+            shapes += [(1, h, w) for h, w in extras["ref_grids"]]
         out = transformer(hidden_states=tokens, encoder_hidden_states=emb, timestep=self.batch_timestep(t, x),
-                          encoder_hidden_states_mask=mask, img_shapes=[[(1, gh, gw)]] * x.shape[0],
+                          encoder_hidden_states_mask=extras.get("attention_mask"), img_shapes=[shapes] * x.shape[0],
                           return_dict=False)[0]
-        return unpack(out, x)
+        return unpack(out[:, :gh * gw], x)
 
 
 def build(state: dict, *, dtype, name: str) -> ModelHandle:

@@ -18,7 +18,9 @@ Wan 2.2 TI2V 5B (48 latent channels, ComfyUI's WAN22): the Wan 2.2 latent format
 (ComfyUI's process_timestep: each latent frame's timestep is t times the frame's mean mask, so the
 given start frame of image-to-video sits at timestep 0); a masked-off frame stays the clean latent
 instead of being re-noised (ComfyUI's scale_latent_inpaint). First-last-frame models (`img_emb.emb_pos`)
-read the two images' CLIP-vision tokens concatenated.
+read the two images' CLIP-vision tokens concatenated. VACE models (`vace_blocks.N` with `before_proj` /
+`after_proj`, `vace_patch_embedding`) become WanVACETransformer3DModel, a hint block after every
+(depth / hints)-th block as ComfyUI maps them; their control context comes from WanVaceToVideo.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from genloom.diffusion.errors import CheckpointError
+from genloom.diffusion.errors import CheckpointError, SamplingError
 
 from ..handles import ModelHandle
 from ..loading import build_module
@@ -157,7 +159,7 @@ class WanHandle(DiTHandle):
         vision = extra.get("clip_vision_output")
         if vision is not None:  # CLIP-vision tokens (Wan 2.1 image-to-video)
             out["image_embeds"] = getattr(vision, "penultimate_hidden_states", vision)
-        if getattr(self.unet.config, "vace_layers", None):
+        if getattr(getattr(self.unet, "config", None), "vace_layers", None):
             out.update(vace_inputs(self, extra))
         mask = extra.get("denoise_mask")
         if self.per_frame_timesteps and mask is not None and mask.ndim == 5:
@@ -177,8 +179,12 @@ class WanHandle(DiTHandle):
         kwargs = {}
         if "image_embeds" in extras:
             images = extras["image_embeds"]
-            if transformer.config.pos_embed_seq_len:  # first-last-frame: diffusers joins the halves itself
-                images = images.reshape(-1, images.shape[-2] // 2, images.shape[-1])
+            positions = transformer.config.pos_embed_seq_len
+            if positions:  # first-last-frame: diffusers joins the two images' halves itself
+                if images.shape[-2] != positions:
+                    raise SamplingError(f"this first-last-frame model takes {positions} CLIP-vision tokens (a start "
+                                        f"and an end image), not {images.shape[-2]}")
+                images = images.reshape(-1, positions // 2, images.shape[-1])
             kwargs["encoder_hidden_states_image"] = images
         if "vace_context" in extras:
             return self._vace_predict(transformer, x, timestep, emb, extras, kwargs)
@@ -206,7 +212,6 @@ def vace_inputs(model, extra: dict) -> dict:
     full mask) and its strength."""
     import torch
 
-    from genloom.diffusion.errors import SamplingError
     from genloom.diffusion.sampling.latent_formats import of_model
 
     frames, masks = extra.get("vace_frames"), extra.get("vace_mask")
