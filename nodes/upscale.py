@@ -20,10 +20,16 @@ def _upscaled_latent(samples: dict, width: int, height: int, method: str, crop: 
     from genloom.diffusion.resample import resize
 
     latent = samples["samples"]
-    if latent.dim() != 4:
-        raise NodeInputError("samples", f"expected a [B, C, H, W] latent, got shape {tuple(latent.shape)}")
+    if latent.dim() not in (4, 5):
+        raise NodeInputError("samples", f"expected a [B, C, H, W] or video [B, C, T, H, W] latent, "
+                                        f"got shape {tuple(latent.shape)}")
     out = dict(samples)
-    out["samples"] = resize(latent, width, height, method, crop)
+    if latent.dim() == 5:  # a video latent: every frame resized alike, as ComfyUI's common_upscale does
+        b, c, t, h, w = latent.shape
+        frames = resize(latent.movedim(2, 1).reshape(b * t, c, h, w), width, height, method, crop)
+        out["samples"] = frames.reshape(b, t, c, *frames.shape[-2:]).movedim(1, 2)
+    else:
+        out["samples"] = resize(latent, width, height, method, crop)
     return out
 
 

@@ -31,3 +31,25 @@ def test_trim_video_latent_drops_leading_frames():
     with pytest.raises(NodeInputError) as err:
         TrimVideoLatent().run({"samples": torch.zeros(1, 4, 8, 8)}, 1)
     assert err.value.input_name == "samples"
+
+
+def test_video_latents_through_the_latent_nodes():
+    """5-D latents [B, C, T, H, W]: upscaling resizes every frame alike (as ComfyUI's common_upscale),
+    batch nodes work on the batch axis, arithmetic elementwise."""
+    import torch.nn.functional as F
+
+    from genloom.nodes.latent_ops import LatentAdd, LatentBatch, LatentFromBatch, RepeatLatentBatch
+    from genloom.nodes.upscale import LatentUpscale, LatentUpscaleBy
+
+    x = torch.randn(2, 16, 3, 4, 6, generator=torch.Generator().manual_seed(0))
+    latent = {"samples": x}
+    (up,) = LatentUpscaleBy().run(latent, "bilinear", 2.0)
+    for t in range(3):  # frame by frame, as F.interpolate does it on one 4-D frame
+        want = F.interpolate(x[:, :, t], size=(8, 12), mode="bilinear", align_corners=False)
+        assert torch.allclose(up["samples"][:, :, t], want, atol=1e-6)
+    (sized,) = LatentUpscale().run(latent, "nearest-exact", 96, 64, "disabled")
+    assert sized["samples"].shape == (2, 16, 3, 8, 12)
+    assert torch.equal(LatentFromBatch().run(latent, 1, 1)[0]["samples"], x[1:2])
+    assert RepeatLatentBatch().run(latent, 2)[0]["samples"].shape == (4, 16, 3, 4, 6)
+    assert torch.equal(LatentBatch().run(latent, latent)[0]["samples"], torch.cat([x, x]))
+    assert torch.equal(LatentAdd().run(latent, latent)[0]["samples"], x + x)

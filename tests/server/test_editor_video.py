@@ -1,5 +1,6 @@
 """The editor plays a video output: a SaveVideo result appears as a <video> element served by /view,
-and Chromium decodes and plays it (its clock advances). Needs Debian's chromium, as the image test."""
+and Chromium decodes and plays it (its clock advances); the file dropped back on the editor restores
+the workflow from its tags. Needs Debian's chromium, as the image test."""
 
 from __future__ import annotations
 
@@ -53,8 +54,17 @@ def test_editor_shows_and_plays_a_saved_video(editor_server):  # noqa: F811
                         error: v.error && v.error.code};
             }""")
             page.screenshot(path=str(SHOT_DIR / "editor_video.png"))
+            # The saved MP4 carries its workflow: dropped on a cleared editor, it brings the graph back.
+            restored = page.evaluate("""async () => {
+                const v = [...document.querySelectorAll('video')].find(v => v.src.includes('.mp4'));
+                const blob = await (await fetch(v.src)).blob();
+                app.graph.clear();
+                await app.handleFile(new File([blob], 'dropped.mp4', {type: 'video/mp4'}));
+                return app.graph.nodes.map(n => n.type).sort();
+            }""")
         finally:
             browser.close()
     assert played["error"] is None and played["width"] == 64 and played["height"] == 64
     assert played["time"] > 0.2, played
+    assert restored == ["CreateVideo", "EmptyImage", "SaveVideo"], restored
     assert page_errors == []
