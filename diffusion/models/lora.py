@@ -18,7 +18,7 @@ from pathlib import Path
 from genloom.diffusion.errors import CheckpointError
 from genloom.engine.folders import path_stamp
 
-from . import keymaps, lora_flux
+from . import keymaps, lora_flux, lora_sd3
 from .owner import model_owner
 from .weights import read_state_dict
 
@@ -107,7 +107,7 @@ def lora_from_state(state: dict, file_name: str, stamp: tuple | None = None) -> 
     for key in [k for k, v in groups.items() if "up" not in v or "down" not in v]:
         unused.append(".".join(key))
         del groups[key]
-    groups = lora_flux.expand(groups)
+    groups = lora_sd3.expand(lora_flux.expand(groups))
     if not groups:
         raise CheckpointError(f"{file_name} holds no LoRA weights (lora_down/lora_up or lora_A/lora_B)")
     return LoraWeights(Path(file_name).stem, groups, unused, stamp)
@@ -118,7 +118,7 @@ def _split_target(base: str):
     for prefix, target in _KOHYA_TARGETS + _PEFT_TARGETS + tuple((p, "unet") for p in lora_flux.PREFIXES):
         if base.startswith(prefix):
             return target, _clean(base[len(prefix):])
-    if base.startswith(("down_blocks", "up_blocks", "mid_block") + lora_flux.BARE):
+    if base.startswith(("down_blocks", "up_blocks", "mid_block", "joint_blocks") + lora_flux.BARE):
         return "unet", _clean(base)
     return None, base
 

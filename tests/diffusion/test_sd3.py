@@ -374,3 +374,52 @@ def test_full_size_text_encoder_configs_are_read_from_their_shapes():
     for key in ("d_model", "d_kv", "d_ff", "num_layers", "num_heads", "vocab_size", "relative_attention_num_buckets",
                 "feed_forward_proj"):
         assert got[key] == getattr(want, key), key
+
+
+@pytest.mark.parametrize("layout", ["kohya", "original", "diffusers"])
+def test_sd3_lora_layouts_change_the_right_rows(tmp_path, tmp_folders, layout):
+    """LoraLoaderModelOnly's three SD3 layouts: a fused qkv LoRA changes q, k and v by its row thirds,
+    an MLP LoRA its layer; the result equals weights merged by hand here, the base stays untouched."""
+    import copy
+
+    from genloom.diffusion.models.lora import load_lora
+
+    model = tiny_split.sd3_transformer(seed=7)
+    handle = sd3.build(sd3.to_original(model.state_dict()), dtype=torch.float32, name="sd3-tiny")
+    width = model.config.attention_head_dim * model.config.num_attention_heads
+    gen = torch.Generator().manual_seed(3)
+    down_qkv, up_qkv = torch.randn(2, width, generator=gen) * 0.1, torch.randn(3 * width, 2, generator=gen) * 0.1
+    ff = model.transformer_blocks[0].ff.net[2].weight
+    down_ff, up_ff = torch.randn(2, ff.shape[1], generator=gen) * 0.1, torch.randn(ff.shape[0], 2, generator=gen) * 0.1
+    names = {"kohya": ("lora_unet_joint_blocks_0_context_block_attn_qkv", "lora_unet_joint_blocks_0_x_block_mlp_fc2"),
+             "original": ("diffusion_model.joint_blocks.0.context_block.attn.qkv",
+                          "diffusion_model.joint_blocks.0.x_block.mlp.fc2")}
+    if layout == "diffusers":  # module names as they are: each of q, k, v its own LoRA
+        tensors = {}
+        for i, n in enumerate(("add_q_proj", "add_k_proj", "add_v_proj")):
+            tensors[f"transformer.transformer_blocks.0.attn.{n}.lora_A.weight"] = down_qkv.clone()
+            tensors[f"transformer.transformer_blocks.0.attn.{n}.lora_B.weight"] = up_qkv[i * width:(i + 1) * width]
+        tensors["transformer.transformer_blocks.0.ff.net.2.lora_A.weight"] = down_ff
+        tensors["transformer.transformer_blocks.0.ff.net.2.lora_B.weight"] = up_ff
+    else:
+        a, b = ("lora_down", "lora_up") if layout == "kohya" else ("lora_A", "lora_B")
+        qkv, fc2 = names[layout]
+        tensors = {f"{qkv}.{a}.weight": down_qkv, f"{qkv}.{b}.weight": up_qkv,
+                   f"{fc2}.{a}.weight": down_ff, f"{fc2}.{b}.weight": up_ff}
+    _save(tensors, tmp_path / "lora.safetensors")
+    lora = load_lora(tmp_path / "lora.safetensors")
+    assert lora.unused == []
+    ref = copy.deepcopy(model)
+    with torch.no_grad():
+        delta = 0.5 * (up_qkv @ down_qkv)
+        attn = ref.transformer_blocks[0].attn
+        for i, layer in enumerate((attn.add_q_proj, attn.add_k_proj, attn.add_v_proj)):
+            layer.weight += delta[i * width:(i + 1) * width]
+        ref.transformer_blocks[0].ff.net[2].weight += 0.5 * (up_ff @ down_ff)
+    patched = handle.with_lora(lora, 0.5)
+    with patched.use("cpu") as unet:
+        ours = _forward(unet, model)
+    assert torch.allclose(ours, _forward(ref, model), atol=1e-5)
+    assert float((ours - _forward(model, model)).abs().max()) > 1e-4
+    assert torch.equal(handle.unet.state_dict()["transformer_blocks.0.ff.net.2.weight"],
+                       model.state_dict()["transformer_blocks.0.ff.net.2.weight"])
