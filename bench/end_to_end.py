@@ -12,6 +12,8 @@ Cases (printed as one table, genloom / pipeline = ratio, target <= 1.05):
                the shipped config), small resolution, 2 steps: per-step overhead on a real-size net.
   flux/nodes   Flux.1 dev at its real width through CLIPTextEncode + FluxGuidance + KSampler +
                VAEDecode against FluxPipeline, bfloat16, 1 step (bench/flux_case.py says the depth).
+  sd3/nodes    SD3 medium's transformer at full size (random weights, bfloat16) through CLIPTextEncode +
+               KSampler + VAEDecode against StableDiffusion3Pipeline, 1 step (bench/sd3_case.py).
   wan/nodes    Wan 2.1 1.3B at full size (random weights, bfloat16): EmptyHunyuanLatentVideo + KSampler +
                VAEDecode against WanPipeline, 5 frames, 1 step, with peak memory (bench/wan_case.py).
 The tiny model is models/diffusers/genloom-tiny when it exists, else one built from small configs.
@@ -192,6 +194,7 @@ def main(argv=None):
     parser.add_argument("--flux-size", type=int, default=256, help="pixels for the Flux case")
     parser.add_argument("--flux-depth", default="auto",
                         help="double,single blocks for the Flux case (auto: 19,38 on CUDA, 1,2 on the CPU)")
+    parser.add_argument("--skip-sd3", action="store_true", help="skip the SD3 case")
     parser.add_argument("--skip-wan", action="store_true", help="skip the Wan case")
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads (1 gives steady figures on a shared machine)")
@@ -234,6 +237,12 @@ def main(argv=None):
 
                 depth = None if args.flux_depth == "auto" else tuple(int(v) for v in args.flux_depth.split(","))
                 row, note = flux_row(device, args.flux_size, depth, max(1, args.reps // 2), best_of)
+                print(note)
+                rows.append(row)
+            if not args.skip_sd3:
+                from sd3_case import sd3_row
+
+                row, note = sd3_row(device, 256, max(1, args.reps // 2), best_of)
                 print(note)
                 rows.append(row)
             if not args.skip_wan:

@@ -5,6 +5,7 @@ text_encoders/ (or clip/), each file in its authors' key layout."""
 from __future__ import annotations
 
 from genloom.engine import context
+from genloom.engine.errors import NodeInputError
 from genloom.engine.node import Combo, Node, Out
 
 from .loaders import _load, _resolve, model_names, model_stamp
@@ -139,4 +140,24 @@ class TripleCLIPLoader(Node):
                       "sd3"),)
 
 
-NODES = [UNETLoader, CLIPLoader, DualCLIPLoader, TripleCLIPLoader]
+class QuadrupleCLIPLoader(Node):
+    """HiDream's four text encoders (CLIP-L, CLIP-G, T5 XXL, Llama 3.1 8B), as ComfyUI declares the node.
+    genloom cannot load HiDream yet: validation says so by name instead of "unknown node type"."""
+
+    category = "advanced/loaders"
+    display_name = "QuadrupleCLIPLoader"
+    description = "[Recipes]\n\nhidream: long clip-l, long clip-g, t5xxl, llama_8b_3.1_instruct"
+    inputs = [_te_name("clip_name1"), _te_name("clip_name2"), _te_name("clip_name3"), _te_name("clip_name4")]
+    outputs = [Out("CLIP")]
+    REFUSAL = ("HiDream's text encoders (the only use of QuadrupleCLIPLoader) cannot be loaded by genloom "
+               "yet; see docs/models.md for the families it loads")
+
+    @classmethod
+    def validate(cls, clip_name1, clip_name2, clip_name3, clip_name4):
+        return cls.REFUSAL
+
+    def run(self, clip_name1, clip_name2, clip_name3, clip_name4):
+        raise NodeInputError("clip_name4", self.REFUSAL)
+
+
+NODES = [UNETLoader, CLIPLoader, DualCLIPLoader, TripleCLIPLoader, QuadrupleCLIPLoader]

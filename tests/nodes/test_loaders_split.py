@@ -214,3 +214,17 @@ def test_validation_names_files_the_loaders_cannot_use(sd3_models, tmp_path):
     assert (kind, name) == ("custom_validation_failed", "unet_name") and "Qwen-Image" in details
     (kind, name, details), = errors["2"]
     assert (kind, name) == ("custom_validation_failed", "clip_name") and "UMT5" in details
+
+
+def test_quadruple_clip_loader_says_hidream_is_not_loadable(tmp_path):
+    """ComfyUI's HiDream loader is declared as ComfyUI declares it, and refused by name at validation."""
+    import genloom
+
+    assert [i.name for i in loaders_split.QuadrupleCLIPLoader.inputs] == [f"clip_name{i}" for i in range(1, 5)]
+    engine = genloom.Engine(models_dirs=[tmp_path], output_dir=tmp_path / "out", device="cpu")
+    graph = {"1": {"class_type": "QuadrupleCLIPLoader",
+                   "inputs": {f"clip_name{i}": f"enc{i}.safetensors" for i in range(1, 5)}},
+             "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a", "clip": ["1", 0]}},
+             "3": {"class_type": "PreviewAny", "inputs": {"source": ["2", 0]}}}
+    (error,) = engine.validate(graph).node_errors["1"]["errors"]
+    assert error["type"] == "custom_validation_failed" and "HiDream" in error["details"]
