@@ -76,24 +76,11 @@ def run_nodes(model, clip, vae, size: int):
     return call
 
 
-def peak_bytes(fn, device: str) -> int | None:
-    """Peak accelerator memory of one call (None on the CPU, where torch keeps no such count)."""
-    if not device.startswith("cuda"):
-        return None
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    fn(0)
-    torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated()
-
-
-def flux_row(device: str, size: int, depth: tuple[int, int] | None, reps: int, best_of):
-    """(row for report(), a line saying what ran)."""
+def sides(device: str, size: int, depth):
+    """(genloom's call, the pipeline's call, transformer parameters in billions)."""
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
 
-    if depth is None:
-        depth = FULL_DEPTH if device.startswith("cuda") else (1, 2)
-    mods, tok, t5tok = parts(depth, torch.bfloat16)
+    mods, tok, t5tok = parts(tuple(depth), torch.bfloat16)
     model, clip, vae = handles(mods, tok, t5tok)
     on_device = [m.to(device) for m in mods] if device != "cpu" else mods
     sched = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
@@ -102,12 +89,19 @@ def flux_row(device: str, size: int, depth: tuple[int, int] | None, reps: int, b
                         text_encoder_2=on_device[2], tokenizer_2=t5tok, transformer=on_device[0])
     pipe.set_progress_bar_config(disable=True)
     params = sum(p.numel() for p in mods[0].parameters()) / 1e9
-    ours_fn, ref_fn = run_nodes(model, clip, vae, size), run_pipeline(pipe, size)
+    return run_nodes(model, clip, vae, size), run_pipeline(pipe, size), params
+
+
+def flux_row(device: str, size: int, depth: tuple[int, int] | None, reps: int, best_of):
+    """(row for report(), a line saying what ran)."""
+    from peak import described, peaks
+
+    if depth is None:
+        depth = FULL_DEPTH if device.startswith("cuda") else (1, 2)
+    ours_fn, ref_fn, params = sides(device, size, depth)
     ref, ours = best_of([ref_fn, ours_fn], reps, device)
-    peaks = [peak_bytes(fn, device) for fn in (ours_fn, ref_fn)]
-    memory = "" if peaks[0] is None else f"; peak memory genloom {peaks[0] / 2**30:.2f} GiB, " \
-                                          f"pipeline {peaks[1] / 2**30:.2f} GiB"
+    memory = described(*peaks("flux_case", device, (size, list(depth)), (ours_fn, ref_fn)))
     note = (f"flux random weights: width 3072, {depth[0]} double + {depth[1]} single blocks "
-            f"({params:.2f} B params{'' if depth == FULL_DEPTH else ', cut from 19 + 38 to fit'}), bfloat16, "
-            f"{size}x{size} px, 1 euler step{memory}")
+            f"({params:.2f} B params{'' if tuple(depth) == FULL_DEPTH else ', cut from 19 + 38 to fit'}), bfloat16, "
+            f"{size}x{size} px, 1 euler step; {memory}")
     return ("flux/nodes", ours, ref), note

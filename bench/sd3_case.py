@@ -4,8 +4,7 @@ one set of random weights at SD3 medium's full transformer size (24 joint blocks
 
 Text encoders are one-layer CLIP-L (768), CLIP-G (1280) and T5 (4096) of the real widths (the
 transformer and the node layer around it are what this measures), the VAE is SD3's 16-channel one.
-Peak memory is printed on CUDA (the accelerator's peak allocation); bench/wan_case.py measures the
-CPU's resident set.
+Peak memory as bench/peak.py measures it (CUDA's peak allocation, else each side's own process).
 """
 
 from __future__ import annotations
@@ -87,13 +86,11 @@ def sides(device: str, size: int):
 
 def sd3_row(device: str, size: int, reps: int, best_of):
     """(row for report(), a line saying what ran)."""
-    from wan_case import cuda_peak
+    from peak import described, peaks
 
     ours, ref, params = sides(device, size)
     ref_t, ours_t = best_of([ref, ours], reps, device)
-    memory = ""
-    if device.startswith("cuda"):
-        memory = f"; peak memory genloom {cuda_peak(ours) / 2**30:.2f} GiB, pipeline {cuda_peak(ref) / 2**30:.2f} GiB"
+    memory = described(*peaks("sd3_case", device, (size,), (ours, ref)))
     note = (f"sd3 random weights: SD3 medium transformer ({params:.2f} B params), one-layer encoders of the real "
-            f"widths, bfloat16, {size}x{size} px, 1 euler step{memory}")
+            f"widths, bfloat16, {size}x{size} px, 1 euler step; {memory}")
     return ("sd3/nodes", ours_t, ref_t), note

@@ -8,7 +8,7 @@ Both sides get the same text embeddings (a 512-token UMT5 output of the real wid
 is not what this measures) and the same noise; genloom runs KSampler + VAEDecode (the node layer, the
 denoiser and the latent format), the pipeline its own loop and decode. Peak memory is the accelerator's
 peak allocation on CUDA; on the CPU each side runs once more in a fresh process of its own and its peak
-resident set is reported (the weights, equal on both sides, included).
+resident set is reported (bench/peak.py).
 """
 
 from __future__ import annotations
@@ -33,24 +33,6 @@ def parts(dtype):
     finally:
         torch.set_default_dtype(previous)
     return transformer, vae
-
-
-def cuda_peak(fn) -> int:
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    fn(0)
-    torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated()
-
-
-def cpu_peak(side: str, size: int, frames: int) -> int:
-    """Peak resident bytes of a fresh process that builds the models and runs `side` once."""
-    import subprocess
-    import sys
-
-    out = subprocess.run([sys.executable, __file__, "--memory", side, "--size", str(size), "--frames", str(frames)],
-                         capture_output=True, text=True, check=True)
-    return int(out.stdout.split()[-1])
 
 
 def sides(device: str, size: int, frames: int):
@@ -91,15 +73,13 @@ def sides(device: str, size: int, frames: int):
 
 def wan_row(device: str, size: int, frames: int, reps: int, best_of):
     """(row for report(), a line saying what ran)."""
+    from peak import described, peaks
+
     ours, ref, params = sides(device, size, frames)
     ref_t, ours_t = best_of([ref, ours], reps, device)
-    if device.startswith("cuda"):
-        peaks, what = [cuda_peak(ours), cuda_peak(ref)], "CUDA peak allocation"
-    else:
-        peaks, what = [cpu_peak(side, size, frames) for side in ("genloom", "pipeline")], "peak RSS, own process"
+    memory = described(*peaks("wan_case", device, (size, frames), (ours, ref)))
     note = (f"wan random weights: Wan 2.1 1.3B architecture ({params:.2f} B params), bfloat16, {size}x{size} px, "
-            f"{frames} frames, 1 euler step; peak memory genloom {peaks[0] / 2**30:.2f} GiB, pipeline "
-            f"{peaks[1] / 2**30:.2f} GiB ({what})")
+            f"{frames} frames, 1 euler step; {memory}")
     return ("wan/nodes", ours_t, ref_t), note
 
 
@@ -115,20 +95,12 @@ def main(argv=None):
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--memory", choices=["genloom", "pipeline"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else \
         ("cpu" if args.device == "auto" else args.device)
     token = context.use(context.RunContext(device_choice=device, folders=Folders(), options={"previews": False}))
     try:
-        if args.memory:  # the child of cpu_peak: one call of one side, then its peak resident set
-            import resource
-
-            ours, ref, _params = sides(device, args.size, args.frames)
-            (ours if args.memory == "genloom" else ref)(0)
-            print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-            return
         row, note = wan_row(device, args.size, args.frames, args.reps, end_to_end.best_of)
     finally:
         context.reset(token)
