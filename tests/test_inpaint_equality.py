@@ -47,14 +47,10 @@ def inpaint_models(tmp_path_factory):
 
 @pytest.fixture
 def ctx(inpaint_models, tmp_path):
-    from genloom.engine import context
-    from genloom.engine.folders import Folders
+    import tiny
 
-    folders = Folders(models_dirs=[inpaint_models], input_dir=tmp_path / "in", output_dir=tmp_path / "out",
-                      temp_dir=tmp_path / "tmp")
-    token = context.use(context.RunContext(device_choice="cpu", folders=folders))
-    yield
-    context.reset(token)
+    with tiny.cpu_context([inpaint_models], tmp_path):
+        yield
 
 
 def _picture_and_mask():
@@ -111,7 +107,7 @@ def test_inpaint_checkpoint_equals_diffusers_inpaint_pipeline(inpaint_models, ct
 def test_vae_encode_for_inpaint_feeds_mask_and_latent(inpaint_models, ctx):
     """With VAEEncodeForInpaint the UNet's extra channels are the noise mask (rounded at latent size)
     and the sampled latent itself; without any mask, ones and ComfyUI's grey-picture latent."""
-    from genloom.diffusion.inpaint import BLANK_LATENT, concat_channels
+    from genloom.diffusion.inpaint import BLANK_LATENT
     from genloom.diffusion.sampling.latent_formats import of_model
     from genloom.nodes.latent import VAEEncodeForInpaint
     from genloom.nodes.loaders import CheckpointLoaderSimple

@@ -46,14 +46,10 @@ def refiner_models(tmp_path_factory):
 
 @pytest.fixture
 def ctx(refiner_models, tmp_path):
-    from genloom.engine import context
-    from genloom.engine.folders import Folders
+    import tiny
 
-    folders = Folders(models_dirs=[refiner_models], input_dir=tmp_path / "in", output_dir=tmp_path / "out",
-                      temp_dir=tmp_path / "tmp")
-    token = context.use(context.RunContext(device_choice="cpu", folders=folders))
-    yield
-    context.reset(token)
+    with tiny.cpu_context([refiner_models], tmp_path):
+        yield
 
 
 def test_refiner_checkpoint_equals_img2img_pipeline(refiner_models, ctx):

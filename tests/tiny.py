@@ -6,6 +6,8 @@ Each builder writes a diffusers folder (the layout real models use) in a few hun
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 from pathlib import Path
 
@@ -134,3 +136,19 @@ def build_models_dir(root: Path) -> dict:
         save_single_file(folder, root / "checkpoints" / f"tiny-{kind}.safetensors")
         names[kind] = f"tiny-{kind}"
     return names
+
+
+@contextlib.contextmanager
+def cpu_context(models_dirs: list, tmp_path: Path):
+    """A current CPU run context over `models_dirs`, with empty data folders under `tmp_path`."""
+    from genloom.engine import context
+    from genloom.engine.folders import Folders
+
+    folders = Folders(models_dirs=list(models_dirs), input_dir=tmp_path / "in", output_dir=tmp_path / "out",
+                      temp_dir=tmp_path / "tmp")
+    token = context.use(context.RunContext(device_choice="cpu", folders=folders))
+    try:
+        yield
+    finally:
+        context.reset(token)
+
