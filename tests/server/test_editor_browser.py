@@ -94,10 +94,22 @@ def test_editor_runs_a_workflow_and_saves_it(editor_server):
 
             page.mouse.click(300, 650)  # an empty spot of the canvas, so the shortcut reaches the app
             page.keyboard.press("Control+s")
-            name_box = page.get_by_role("dialog").locator("input").first
+            # The save prompt by its title: any other dialog's input (a search box) would swallow the name.
+            dialog = page.get_by_role("dialog").filter(has_text="Save workflow")
+            name_box = dialog.locator("input").first
             name_box.wait_for(timeout=10_000)
             name_box.fill("saved-by-browser")
-            name_box.press("Enter")
+            sync_api.expect(name_box).to_have_value("saved-by-browser")
+            page.screenshot(path=str(SHOT_DIR / "editor_save_prompt.png"))
+            with page.expect_response(lambda r: r.request.method == "POST" and "/userdata/" in r.url,
+                                      timeout=30_000) as posted:
+                name_box.press("Enter")
+                # On a loaded machine the first Enter can land before the prompt listens; its button then.
+                try:
+                    dialog.wait_for(state="hidden", timeout=5_000)
+                except sync_api.TimeoutError:
+                    dialog.get_by_role("button", name="Confirm").click()
+            assert posted.value.status == 200, (posted.value.status, posted.value.url)
             saved = srv.config.data_dir / "user" / "default" / "workflows" / "saved-by-browser.json"
             end = time.monotonic() + 15
             while not saved.is_file() and time.monotonic() < end:
