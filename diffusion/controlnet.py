@@ -10,8 +10,10 @@ dict under "control"; a second apply node chains its Control to the one already 
     intrablock residuals  T2I-Adapters: the adapter's features of the hint (computed once), times strength
 
 summed over every Control of the chain that is live at the step's sigma (start/end percent through
-the model sampling's percent_to_sigma, as ComfyUI). The hint is resized to the latent's pixel size
-(nearest-exact, centre crop, as ComfyUI) and repeated over the batch.
+the model sampling's percent_to_sigma, as ComfyUI). Guidance knows that sigma and hands the handle a
+view of the chain bound to it (`Control.at_sigma`). The hint is resized to the latent's pixel size
+(nearest-exact, centre crop, as ComfyUI) and repeated over the batch. A control-LoRA's ControlNet is
+made from the sampled model's UNet at its first call (models/control_files.py ControlLora).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .errors import SamplingError
-from .models.control_files import ADAPTER
+from .models.control_files import ADAPTER, CONTROL_LORA
 from .models.owner import model_owner
 
 # SetUnionControlNetType's choices (ComfyUI's names and numbers).
@@ -32,8 +34,8 @@ UNION_TYPES = {"openpose": 0, "depth": 1, "hed/pidi/scribble/ted": 2, "canny/lin
 class ControlModel:
     """A loaded ControlNet or T2I-Adapter (CONTROL_NET). Never mutated: nodes return copies."""
 
-    module: Any  # diffusers ControlNetModel or T2IAdapter, base weights on the CPU
-    kind: str  # "controlnet" | "t2i_adapter"
+    module: Any  # diffusers ControlNetModel or T2IAdapter (base weights on the CPU), or a ControlLora
+    kind: str  # "controlnet" | "t2i_adapter" | "control_lora"
     family: str = "sd"  # "sd" | "sdxl": the UNets it fits
     name: str = ""
     extra: tuple = ()  # ((name, value), ...): SetUnionControlNetType's control_type
@@ -76,12 +78,17 @@ class Control:
             self._cache[("sigmas",)] = found
         return found[1], found[2]
 
-    def unet_inputs(self, handle, x, t, emb, added: dict) -> dict:
-        """The UNet's extra keyword arguments for this step from every live Control of the chain."""
+    def at_sigma(self, sigma: float) -> "_AtSigma":
+        """This chain for one model call at `sigma` (what guidance hands the model handle)."""
+        return _AtSigma(self, float(sigma))
+
+    def unet_inputs(self, handle, x, t, emb, added: dict, sigma: float | None = None) -> dict:
+        """The UNet's extra keyword arguments for this step from every live Control of the chain.
+        `sigma`: the step's noise level; without it (a caller that knows only the timestep) it is
+        the timestep's table level, which can differ from the step's sigma between levels."""
         ms, ranges = self._sigmas(handle)
-        # The network's timestep back to the noise level: exact for the discrete (SD/SDXL) tables
-        # on a table level; between levels it is the nearest level's sigma.
-        sigma = float(ms.sigma(t.reshape(-1)[0].float().cpu()))
+        if sigma is None:
+            sigma = float(ms.sigma(t.reshape(-1)[0].float().cpu()))
         down = mid = intra = None
         for c, (hi, lo) in zip(self.chain(), ranges):
             if not lo <= sigma <= hi:
@@ -125,6 +132,8 @@ class Control:
 
     def _controlnet(self, handle, x, t, emb, added: dict):
         net = self.model.module
+        if self.model.kind == CONTROL_LORA:  # made from the model being sampled, as it is now
+            net = net.network(handle.unet, getattr(handle, "patches", ()))
         if net.config.cross_attention_dim != emb.shape[-1]:
             raise SamplingError(f"ControlNet {self.model.name!r} does not fit this model: it takes "
                                 f"{net.config.cross_attention_dim}-wide text embeddings, the model gives "
@@ -172,6 +181,17 @@ class Control:
                 feats = [f * float(self.strength) for f in net(hint)]
             self._keep(key, feats)
         return [_rows(f, x.shape[0]) for f in feats]
+
+
+@dataclass(frozen=True)
+class _AtSigma:
+    """A Control chain bound to the sigma of one model call: the handle asks it as it asks a Control."""
+
+    control: Control
+    sigma: float
+
+    def unet_inputs(self, handle, x, t, emb, added: dict) -> dict:
+        return self.control.unet_inputs(handle, x, t, emb, added, self.sigma)
 
 
 def _rows(t, n: int):

@@ -28,7 +28,8 @@ def _load_control(input_name: str, name: str, base_unet=None, tag: str = ""):
 
 
 class ControlNetLoader(Node):
-    """Loads a ControlNet or T2I-Adapter (SD1.5, SD2, SDXL; original or diffusers layout)."""
+    """Loads a ControlNet or T2I-Adapter (SD1.5, SD2, SDXL; original or diffusers layout; Union/ProMax;
+    Stability's control-LoRAs, whose ControlNet is made from the model they are applied to)."""
 
     category = "loaders"
     display_name = "Load ControlNet Model"

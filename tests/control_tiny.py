@@ -11,6 +11,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+# The parts a ControlNet-Union adds (xinsir's names, the same in the cldm and diffusers layouts).
+UNION_PARTS = ("task_embedding", "control_add_embedding.", "transformer_layes.", "spatial_ch_projs.")
+
 
 def build_controlnet(unet_folder: Path, seed: int = 1, hint_channels=(8, 16), scale: float = 0.2):
     """A ControlNetModel copying a tiny UNet's encoder, with its zero convolutions made non-zero
@@ -77,8 +80,10 @@ def save_diffusers_folder(module, folder: Path) -> Path:
     return folder / "diffusion_pytorch_model.safetensors"
 
 
-def _cldm_names(net) -> dict:
-    """diffusers ControlNetModel key -> the original cldm key, written out from the cldm layout."""
+def _cldm_names(net, torch_attention: bool = False) -> dict:
+    """diffusers ControlNetModel key -> the original cldm key, written out from the cldm layout. A
+    union's own parts keep their names, their attention's input projection spelled as ComfyUI's
+    Linear (attn.in_proj.weight) or, with `torch_attention`, torch's MultiheadAttention (in_proj_weight)."""
     cfg = net.config
     names = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
              "add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2",
@@ -104,6 +109,9 @@ def _cldm_names(net) -> dict:
               "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
     out = {}
     for key in net.state_dict():
+        if key.startswith(UNION_PARTS):
+            out[key] = key if torch_attention else key.replace(".attn.in_proj_", ".attn.in_proj.")
+            continue
         for prefix in sorted(names, key=len, reverse=True):
             if key.startswith(prefix + "."):
                 rest = key[len(prefix) + 1:]
@@ -118,11 +126,11 @@ def _cldm_names(net) -> dict:
 
 
 def save_controlnet_original(net, path: Path, prefix: str = "control_model.", configs: bool = True,
-                             base_unet=None) -> Path:
+                             base_unet=None, torch_attention: bool = False) -> Path:
     """The cldm layout; with `base_unet`, as a diff ControlNet (weights minus the UNet's)."""
     from safetensors.torch import save_file
 
-    names = _cldm_names(net)
+    names = _cldm_names(net, torch_attention)
     base = base_unet.state_dict() if base_unet is not None else {}
     tensors = {}
     for key, tensor in net.state_dict().items():
@@ -137,6 +145,50 @@ def save_controlnet_original(net, path: Path, prefix: str = "control_model.", co
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path), metadata=meta)
     return path
+
+
+def control_lora_paired(net) -> list:
+    """The ControlNet modules a control-LoRA stores as (up, down) pairs: every Linear and Conv2d of
+    its copy of the UNet's encoder (not the hint encoder, nor the zero convolutions)."""
+    import torch
+
+    own = ("controlnet_down_blocks", "controlnet_mid_block", "controlnet_cond_embedding")
+    return [name for name, module in net.named_modules()
+            if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)) and not name.startswith(own)]
+
+
+def build_control_lora(unet_folder: Path, path: Path, rank: int = 2, seed: int = 5):
+    """Stability's control-LoRA layout, and the ControlNet it stands for (the reference).
+
+    The reference starts as build_controlnet's (the UNet's encoder copied, ControlNet-only parts
+    random); every paired weight (control_lora_paired) then gets up @ down added by hand
+    (up [out, r(, 1, 1)], down [r, in(, kh, kw)]), and the copy's norms and biases are changed
+    (trained ones differ from the UNet's). The file holds the pairs as '<cldm name>.up' / '.down',
+    every other weight in full under its cldm name, and the 'lora_controlnet' marker; no config."""
+    import torch
+    from safetensors.torch import save_file
+
+    net = build_controlnet(unet_folder, seed=seed)
+    names = _cldm_names(net)
+    paired = {m + ".weight" for m in control_lora_paired(net)}
+    gen = torch.Generator().manual_seed(seed)
+    tensors = {"lora_controlnet": torch.tensor([])}
+    with torch.no_grad():
+        for key, p in net.state_dict(keep_vars=True).items():
+            if key in paired:
+                tail = (1, 1) if p.ndim == 4 else ()
+                up = torch.randn(p.shape[0], rank, *tail, generator=gen) * 0.3
+                down = torch.randn(rank, *p.shape[1:], generator=gen) * 0.3
+                p += (up.reshape(p.shape[0], rank) @ down.reshape(rank, -1)).reshape(p.shape)
+                stem = names[key][: -len(".weight")]
+                tensors[stem + ".up"], tensors[stem + ".down"] = up, down
+                continue
+            if not key.startswith("controlnet_"):
+                p += torch.randn(p.shape, generator=gen) * 0.05
+            tensors[names[key]] = p.detach().clone().contiguous()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path))
+    return net.eval(), path
 
 
 def save_adapter_original(adapter, path: Path) -> Path:

@@ -38,16 +38,10 @@ def control_models(tiny_models, tmp_path_factory):
 
 @pytest.fixture
 def ctx(control_models, tiny_models, tmp_path):
-    from genloom.engine import context
-    from genloom.engine.folders import Folders
+    import tiny
 
-    folders = Folders(models_dirs=[control_models[0], tiny_models], input_dir=tmp_path / "in",
-                      output_dir=tmp_path / "out", temp_dir=tmp_path / "temp")
-    token = context.use(context.RunContext(device_choice="cpu", folders=folders))
-    try:
+    with tiny.cpu_context([control_models[0], tiny_models], tmp_path):
         yield
-    finally:
-        context.reset(token)
 
 
 def hint_image(size: int = 16, batch: int = 1):

@@ -6,20 +6,26 @@ Layouts read:
   ControlNet, original    the cldm layout (input_blocks, zero_convs, input_hint_block, ...), with or
                           without 'control_model.'; a 'difference' key marks a diff ControlNet, whose
                           weights are added to the base UNet's (DiffControlNetLoader)
-  ControlNet-Union        diffusers ControlNetUnionModel keys (xinsir's SDXL union / ProMax)
+  ControlNet-Union        xinsir's SDXL union / ProMax: diffusers ControlNetUnionModel keys, or the cldm
+                          layout with the union parts beside it (task_embedding, control_add_embedding,
+                          transformer_layes, spatial_ch_projs; attention as attn.in_proj.* or in_proj_*)
+  control-LoRA            Stability's: a 'lora_controlnet' marker, the ControlNet's own parts as full cldm
+                          weights, and (up, down) pairs for its copy of the UNet's encoder; the ControlNet
+                          is made from the model it is applied to (ControlLora)
   T2I-Adapter, diffusers  T2IAdapter keys (adapter.conv_in, adapter.body.N.resnets.M, ...)
   T2I-Adapter, original   TencentARC's flat list (conv_in, body.K.block1, ...)
 The configuration comes from a config.json beside the weights, from genloom metadata
 ("genloom.configs": {"controlnet" | "t2i_adapter": config}), or else from the weights' shapes with the
 conventions of the released SD1/SD2/SDXL models (8 heads for SD1, 64-channel heads otherwise, SDXL's
-256-wide time-id embedding). Not read yet: Stability's control-LoRAs, union ControlNets in the original
-layout, the light/style adapters and ControlNets of SD3/Flux; each is refused with a message saying so.
+256-wide time-id embedding). Not read yet: the light/style adapters and ControlNets of SD3/Flux; each is
+refused with a message saying so.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from genloom.diffusion.errors import CheckpointError
@@ -28,7 +34,9 @@ from . import keymaps
 from .loading import build_module
 from .weights import read_state_dict
 
-CONTROLNET, ADAPTER = "controlnet", "t2i_adapter"
+CONTROLNET, ADAPTER, CONTROL_LORA = "controlnet", "t2i_adapter", "control_lora"
+# The parts a ControlNet-Union adds to a ControlNet; the same names in both layouts.
+UNION_PARTS = ("task_embedding", "control_add_embedding.", "transformer_layes.", "spatial_ch_projs.")
 
 
 def load_control(path: Path, base_unet=None):
@@ -41,6 +49,9 @@ def load_control(path: Path, base_unet=None):
     if any(k.startswith("control_model.") for k in state):
         state = {k[len("control_model."):]: v for k, v in state.items() if k.startswith("control_model.")}
     found = kind or _layout_kind(state, path)
+    if found == CONTROL_LORA:
+        lora = ControlLora.read(state, path.name)
+        return lora, CONTROL_LORA, lora.family
     if found == ADAPTER:
         module = _adapter(state, config)
         return module, ADAPTER, "sdxl" if module.config.adapter_type == "full_adapter_xl" else "sd"
@@ -69,11 +80,7 @@ def _given_config(path: Path, meta: dict):
 def _layout_kind(state: dict, path: Path) -> str:
     keys = state.keys()
     if "lora_controlnet" in keys:
-        raise CheckpointError(f"{path.name} is a control-LoRA (Stability's ControlNet as a LoRA); "
-                              "genloom cannot load control-LoRAs yet")
-    if "task_embedding" in keys and "input_hint_block.0.weight" in keys:
-        raise CheckpointError(f"{path.name} is a ControlNet-Union in the original layout; genloom reads "
-                              "union ControlNets in the diffusers layout (ControlNetUnionModel) only")
+        return CONTROL_LORA
     if any(k.startswith("adapter.") for k in keys) or ("conv_in.weight" in keys and "body.0.block1.weight" in keys):
         return ADAPTER
     if "controlnet_cond_embedding.conv_in.weight" in keys or "input_hint_block.0.weight" in keys:
@@ -91,19 +98,28 @@ def _controlnet(state: dict, config, base_unet, diff: bool, path: Path):
     from diffusers import ControlNetModel, ControlNetUnionModel
 
     original = "input_hint_block.0.weight" in state
-    shapes = {k: list(v.shape) for k, v in state.items()}
-    if config is None:
-        config = controlnet_config_original(shapes) if original else controlnet_config_diffusers(shapes)
     union = "task_embedding" in state
-    if union and config.get("_class_name") != "ControlNetUnionModel":
-        config = {**config, **union_config(shapes), "_class_name": "ControlNetUnionModel"}
+    shapes = {k: list(v.shape) for k, v in state.items()}
+    what = "ControlNet-Union" if union else "ControlNet"
+    try:
+        if config is None:
+            config = controlnet_config_original(shapes) if original else controlnet_config_diffusers(shapes)
+        if union and config.get("_class_name") != "ControlNetUnionModel":
+            config = {**config, **union_config(shapes), "_class_name": "ControlNetUnionModel"}
+    except (KeyError, IndexError) as exc:
+        raise CheckpointError(f"{path.name}: {what} weights of a shape genloom cannot read a configuration "
+                              f"from (no {exc}); put its config.json beside it") from None
     if original:
+        # The union parts keep their names; ComfyUI's attention is one Linear (attn.in_proj.*),
+        # torch's (and diffusers') MultiheadAttention a pair of parameters (attn.in_proj_*).
+        extra = {k.replace(".attn.in_proj.", ".attn.in_proj_"): v for k, v in state.items()
+                 if k.startswith(UNION_PARTS)}
         table = keymaps.controlnet_map(config)
         back = {v: k for k, v in table.items()}
-        unread = [k for k in state if keymaps._translate(k, back) is None]
+        unread = [k for k in state if not k.startswith(UNION_PARTS) and keymaps._translate(k, back) is None]
         if unread:
-            raise CheckpointError(f"{path.name}: ControlNet weights with no known name, e.g. {unread[:3]}")
-        state = keymaps.unmap_keys(state, table, "", CONTROLNET)
+            raise CheckpointError(f"{path.name}: {what} weights with no known name, e.g. {unread[:3]}")
+        state = {**keymaps.unmap_keys(state, table, "", CONTROLNET), **extra}
     if diff:
         if base_unet is None:
             raise CheckpointError(f"{path.name} is a diff ControlNet (its weights are differences from a "
@@ -111,7 +127,7 @@ def _controlnet(state: dict, config, base_unet, diff: bool, path: Path):
         base = base_unet.state_dict()
         state = {k: (v + base[k].to(v.dtype) if k in base and base[k].shape == v.shape else v)
                  for k, v in state.items()}
-    return build_module(ControlNetUnionModel if union else ControlNetModel, config, state, "ControlNet")
+    return build_module(ControlNetUnionModel if union else ControlNetModel, config, state, what)
 
 
 def union_config(shapes: dict) -> dict:
@@ -143,10 +159,16 @@ def controlnet_config_original(shapes: dict) -> dict:
     cfg = {"layers_per_block": len(levels[0]), "block_out_channels": channels,
            "in_channels": shapes["input_blocks.0.0.weight"][1],
            "label": shapes.get("label_emb.0.0.weight"), "proj": _first(shapes, "proj_in.weight")}
+    return _finish(cfg, depth, shapes, *hint_encoder(shapes))
+
+
+def hint_encoder(shapes: dict) -> tuple[list, int]:
+    """(conditioning_embedding_out_channels, conditioning_channels) of a cldm input_hint_block: its
+    convolutions alternate with SiLUs; every second one from the third on widens, the last maps to
+    the UNet's width."""
     hint = sorted(int(m.group(1)) for k in shapes if (m := re.match(r"input_hint_block\.(\d+)\.weight$", k)))
-    hint_channels = [shapes[f"input_hint_block.{hint[0]}.weight"][0]] + \
-        [shapes[f"input_hint_block.{i}.weight"][0] for i in hint[2:-1:2]]
-    return _finish(cfg, depth, shapes, hint_channels, shapes[f"input_hint_block.{hint[0]}.weight"][1])
+    first = shapes[f"input_hint_block.{hint[0]}.weight"]
+    return [first[0]] + [shapes[f"input_hint_block.{i}.weight"][0] for i in hint[2:-1:2]], first[1]
 
 
 def controlnet_config_diffusers(shapes: dict) -> dict:
@@ -185,6 +207,101 @@ def _finish(cfg: dict, depth: list, shapes: dict, hint_channels: list, hint_in: 
         out.update(addition_embed_type="text_time", addition_time_embed_dim=256,
                    projection_class_embeddings_input_dim=cfg["label"][1])
     return out
+
+
+# -- control-LoRAs ----------------------------------------------------------------------------
+
+@dataclass(eq=False)
+class ControlLora:
+    """Stability's control-LoRA as read, in the cldm names: full weights for what only a ControlNet
+    has (hint encoder, zero convolutions, and whatever else training replaced: norms, biases) and
+    (up, down) pairs whose product is added to the model's own encoder weight. There is no
+    ControlNet without a model: `network` makes it from the UNet it is applied to, as ComfyUI does
+    when sampling starts (the UNet's weights as they are then, its LoRAs included)."""
+
+    full: dict  # cldm name -> tensor
+    pairs: dict  # cldm module name -> (up, down)
+    name: str
+    _last: tuple = ()  # (weak reference to the UNet, its patches, the ControlNet made for them)
+
+    @classmethod
+    def read(cls, state: dict, name: str) -> "ControlLora":
+        full, halves = {}, {}
+        for key, tensor in state.items():
+            stem, _, last = key.rpartition(".")
+            if last in ("up", "down"):
+                halves.setdefault(stem, {})[last] = tensor
+            elif key != "lora_controlnet":
+                full[key] = tensor
+        unpaired = [k for k, v in halves.items() if len(v) != 2]
+        if unpaired:
+            raise CheckpointError(f"{name} is a control-LoRA with unpaired low-rank weights, e.g. {unpaired[:3]}")
+        hint = full.get("input_hint_block.0.weight")
+        if hint is None or hint.ndim != 4:
+            raise CheckpointError(f"{name} is a control-LoRA without its hint encoder (input_hint_block)")
+        return cls(full, {k: (v["up"], v["down"]) for k, v in halves.items()}, name)
+
+    @property
+    def family(self) -> str:
+        """SDXL's ControlNets copy the UNet's label embedding (the pooled text and size input)."""
+        return "sdxl" if any(k.startswith("label_emb.") for k in (*self.full, *self.pairs)) else "sd"
+
+    def network(self, unet, patches: tuple = ()):
+        """The ControlNet for `unet` (with `patches`, the model's LoRAs applied to it right now); the
+        last one made is kept while that UNet lives and its patches are the same."""
+        import weakref
+
+        if self._last and self._last[0]() is unet and _same_patches(self._last[1], patches):
+            return self._last[2]
+        net = controlnet_from_lora(self, unet)
+        self._last = (weakref.ref(unet), tuple(patches), net)
+        return net
+
+
+def _same_patches(a: tuple, b: tuple) -> bool:
+    return len(a) == len(b) and all(x is y and s == t for (x, s), (y, t) in zip(a, b))
+
+
+def controlnet_from_lora(lora: ControlLora, unet):
+    """A ControlNetModel: the UNet's configuration and encoder weights, the pairs' products added
+    (weight + up @ down, both flattened past their first axis, reshaped to the weight, as ComfyUI),
+    the file's full weights in place of the model's."""
+    import inspect
+
+    import torch
+    from diffusers import ControlNetModel
+
+    accepted = inspect.signature(ControlNetModel.__init__).parameters
+    channels, hint_in = hint_encoder({k: list(v.shape) for k, v in lora.full.items()})
+    config = {**{k: v for k, v in dict(unet.config).items() if k in accepted and k != "self"},
+              "conditioning_channels": hint_in, "conditioning_embedding_out_channels": channels}
+    table = keymaps.controlnet_map(config)
+    back = {v: k for k, v in table.items()}
+
+    def name(key: str) -> str:
+        new = keymaps._translate(key, back)
+        if new is None:
+            raise CheckpointError(f"{lora.name}: control-LoRA weight {key!r} has no place in a ControlNet "
+                                  "of this model (a control-LoRA made for another model family?)")
+        return new
+
+    dtype = next(unet.parameters()).dtype
+    state = {k: v.detach().to("cpu") for k, v in unet.state_dict().items()
+             if keymaps._translate(k, table) is not None}
+    state.update({name(k): v.to(dtype) for k, v in lora.full.items()})
+    with torch.no_grad():
+        for module, (up, down) in lora.pairs.items():
+            key = name(module + ".weight")
+            weight = state.get(key)
+            if weight is None:
+                raise CheckpointError(f"{lora.name}: control-LoRA pair {module!r} has no weight to add to "
+                                      "in this model")
+            delta = up.float().flatten(1) @ down.float().flatten(1)
+            if delta.numel() != weight.numel():
+                raise CheckpointError(f"{lora.name}: control-LoRA pair {module!r} makes a {list(delta.shape)} "
+                                      f"change for a {list(weight.shape)} weight (made for another model?)")
+            state[key] = (weight.float() + delta.reshape(weight.shape)).to(dtype)
+    return build_module(ControlNetModel, config, state, f"control-LoRA {lora.name!r} ControlNet")
 
 
 # -- T2I-Adapters ------------------------------------------------------------------------------

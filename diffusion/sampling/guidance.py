@@ -113,6 +113,9 @@ class Guidance:
             n = len(live)
             xb = torch.cat([x] * n) if n > 1 else x
             emb, extras = self._inputs(live, dtype)
+            bind = getattr(extras.get("control"), "at_sigma", None)
+            if sigma is not None and bind is not None:  # ControlNet windows are judged on the step's sigma
+                extras = {**extras, "control": bind(sigma)}
             options = getattr(self.model, "model_options", None) or {}
             if options.get("transformer_options") or options.get("model_function_wrapper"):
                 # a plugin's patches: ComfyUI's per-call options and model_function_wrapper
