@@ -168,7 +168,8 @@ def test_adapter_configuration_from_released_shapes():
                        "num_res_blocks": 2, "adapter_type": kind}
 
 
-def test_unsupported_files_are_refused_with_what_they_are(control_dir):
+def test_broken_or_foreign_files_are_refused_with_what_they_are(control_dir):
+    """Damaged control-LoRA and Union files, and a file that is no ControlNet, say which they are."""
     from safetensors.torch import save_file
 
     save_file({"lora_controlnet": torch.zeros(1), "input_hint_block.0.weight": torch.zeros(1)},
