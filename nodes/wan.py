@@ -2,8 +2,10 @@
 Wan workflows start from, trimming latent frames, image-to-video and first-last-frame conditioning (the
 given frames encoded and attached to both conditionings, with the mask that says which frames are
 given), VACE control (a control video split by its mask into the kept and the regenerated part, an
-optional reference frame ahead), and Wan 2.2 5B's latent (48 channels; a start image encoded into it
-under a noise mask)."""
+optional reference frame ahead; chained nodes add their controls up), the Fun models' conditioning
+(InP: start and end frames with their mask; Control: the control video's and start image's latents
+beside the latent), and Wan 2.2 5B's latent (48 channels; a start image encoded into it under a noise
+mask)."""
 
 from __future__ import annotations
 
@@ -30,6 +32,28 @@ def _validate(cls, width, height, length, batch_size):
 
     return declared_size(cls.inputs, {"width": width, "height": height, "batch_size": batch_size,
                                       "length": length}, frames="length")
+
+
+def _conditioning_inputs(*own):
+    """What Wan's conditioning nodes take: both conditionings, the VAE, the video's size, then their own."""
+    return [Input("positive", "CONDITIONING"), Input("negative", "CONDITIONING"), Input("vae", "VAE"),
+            *_size_inputs(832, 480, 81), *own]
+
+
+def _with(conditioning, extra: dict):
+    """Each entry of a CONDITIONING with `extra` set on it (ComfyUI's conditioning_set_values)."""
+    return [[c, {**e, **extra}] for c, e in conditioning]
+
+
+class _VideoConditioning(Node):
+    """The frame Wan's conditioning nodes share: positive and negative out with the latent to sample."""
+
+    category = "conditioning/video_models"
+    outputs = [Out("CONDITIONING", "positive"), Out("CONDITIONING", "negative"), Out("LATENT", "latent")]
+
+    @classmethod
+    def validate(cls, width, height, length, batch_size, **_links):
+        return _validate(cls, width, height, length, batch_size)
 
 
 class EmptyHunyuanLatentVideo(Node):
@@ -66,21 +90,13 @@ class TrimVideoLatent(Node):
         return ({**samples, "samples": latent[:, :, trim_amount:]},)
 
 
-class WanImageToVideo(Node):
+class WanImageToVideo(_VideoConditioning):
     """Conditions Wan image-to-video on start frames: the frames (grey after them) are encoded and
     attached to both conditionings with the mask of given frames; the latent to sample is empty."""
 
-    category = "conditioning/video_models"
     display_name = "WanImageToVideo"
-    inputs = [Input("positive", "CONDITIONING"), Input("negative", "CONDITIONING"), Input("vae", "VAE"),
-              *_size_inputs(832, 480, 81),
-              Input("clip_vision_output", "CLIP_VISION_OUTPUT", optional=True),
-              Input("start_image", "IMAGE", optional=True)]
-    outputs = [Out("CONDITIONING", "positive"), Out("CONDITIONING", "negative"), Out("LATENT", "latent")]
-
-    @classmethod
-    def validate(cls, width, height, length, batch_size, **_links):
-        return _validate(cls, width, height, length, batch_size)
+    inputs = _conditioning_inputs(Input("clip_vision_output", "CLIP_VISION_OUTPUT", optional=True),
+                                  Input("start_image", "IMAGE", optional=True))
 
     def run(self, positive, negative, vae, width, height, length, batch_size, clip_vision_output=None,
             start_image=None):
@@ -101,27 +117,19 @@ class WanImageToVideo(Node):
             extra.update(concat_latent_image=encoded, concat_mask=mask)
         if clip_vision_output is not None:
             extra["clip_vision_output"] = clip_vision_output
-        return ([[c, {**e, **extra}] for c, e in positive], [[c, {**e, **extra}] for c, e in negative],
-                {"samples": latent})
+        return _with(positive, extra), _with(negative, extra), {"samples": latent}
 
 
-class WanFirstLastFrameToVideo(Node):
+class WanFirstLastFrameToVideo(_VideoConditioning):
     """Conditions Wan first-last-frame models on a start and an end image: the frames between are grey,
     the mask marks the given ones (the first latent frame's four sub-frames for the start image, the
     last pixel frames for the end image); the two CLIP-vision outputs are joined token-wise."""
 
-    category = "conditioning/video_models"
     display_name = "WanFirstLastFrameToVideo"
-    inputs = [Input("positive", "CONDITIONING"), Input("negative", "CONDITIONING"), Input("vae", "VAE"),
-              *_size_inputs(832, 480, 81),
-              Input("clip_vision_start_image", "CLIP_VISION_OUTPUT", optional=True),
-              Input("clip_vision_end_image", "CLIP_VISION_OUTPUT", optional=True),
-              Input("start_image", "IMAGE", optional=True), Input("end_image", "IMAGE", optional=True)]
-    outputs = [Out("CONDITIONING", "positive"), Out("CONDITIONING", "negative"), Out("LATENT", "latent")]
-
-    @classmethod
-    def validate(cls, width, height, length, batch_size, **_links):
-        return _validate(cls, width, height, length, batch_size)
+    inputs = _conditioning_inputs(Input("clip_vision_start_image", "CLIP_VISION_OUTPUT", optional=True),
+                                  Input("clip_vision_end_image", "CLIP_VISION_OUTPUT", optional=True),
+                                  Input("start_image", "IMAGE", optional=True),
+                                  Input("end_image", "IMAGE", optional=True))
 
     def run(self, positive, negative, vae, width, height, length, batch_size, clip_vision_start_image=None,
             clip_vision_end_image=None, start_image=None, end_image=None):
@@ -146,8 +154,88 @@ class WanFirstLastFrameToVideo(Node):
         vision = _joined_vision(clip_vision_start_image, clip_vision_end_image)
         if vision is not None:
             extra["clip_vision_output"] = vision
-        return ([[c, {**e, **extra}] for c, e in positive], [[c, {**e, **extra}] for c, e in negative],
-                {"samples": torch.zeros([batch_size, 16, frames, h, w])})
+        return _with(positive, extra), _with(negative, extra), {"samples": torch.zeros([batch_size, 16, frames, h, w])}
+
+
+class WanFunInpaintToVideo(_VideoConditioning):
+    """Conditions Wan Fun InP models: start and end images as WanFirstLastFrameToVideo gives them (grey
+    between, the mask of given frames), the CLIP-vision output of the start image."""
+
+    display_name = "WanFunInpaintToVideo"
+    inputs = _conditioning_inputs(Input("clip_vision_output", "CLIP_VISION_OUTPUT", optional=True),
+                                  Input("start_image", "IMAGE", optional=True),
+                                  Input("end_image", "IMAGE", optional=True))
+
+    def run(self, positive, negative, vae, width, height, length, batch_size, clip_vision_output=None,
+            start_image=None, end_image=None):
+        return WanFirstLastFrameToVideo().run(positive, negative, vae, width, height, length, batch_size,
+                                              clip_vision_start_image=clip_vision_output,
+                                              start_image=start_image, end_image=end_image)
+
+
+def _fun_concat(vae, width, height, length, batch_size, start_image=None, control_video=None):
+    """Fun Control's 32 channels beside the latent: the encoded control video in the first 16, the
+    encoded start image's frames in the last 16, the format's mean (zero in model space) elsewhere."""
+    import torch
+
+    from genloom.diffusion.models.families.wan import wan21_format
+    from genloom.diffusion.resample import scale_image
+
+    frames = latent_frames(length)
+    concat = wan21_format().process_out(torch.zeros([batch_size, 16, frames, height // 8, width // 8]))
+    concat = concat.repeat(1, 2, 1, 1, 1)
+    for images, first in ((start_image, 16), (control_video, 0)):
+        if images is not None:
+            encoded = vae.encode(scale_image(images[:length], width, height, "bilinear", "center")[..., :3])
+            n = min(encoded.shape[2], frames)
+            concat[:, first:first + 16, :n] = encoded[:, :, :n]
+    return concat
+
+
+class WanFunControlToVideo(_VideoConditioning):
+    """Conditions Wan 2.1 Fun Control models: the control video's latent and the start image's latent
+    as 32 channels beside the latent (no mask: the model takes exactly those)."""
+
+    display_name = "WanFunControlToVideo"
+    inputs = _conditioning_inputs(Input("clip_vision_output", "CLIP_VISION_OUTPUT", optional=True),
+                                  Input("start_image", "IMAGE", optional=True),
+                                  Input("control_video", "IMAGE", optional=True))
+
+    def run(self, positive, negative, vae, width, height, length, batch_size, clip_vision_output=None,
+            start_image=None, control_video=None):
+        import torch
+
+        extra = {"concat_latent_image": _fun_concat(vae, width, height, length, batch_size, start_image,
+                                                    control_video)}
+        if clip_vision_output is not None:
+            extra["clip_vision_output"] = clip_vision_output
+        latent = torch.zeros([batch_size, 16, latent_frames(length), height // 8, width // 8])
+        return _with(positive, extra), _with(negative, extra), {"samples": latent}
+
+
+class Wan22FunControlToVideo(_VideoConditioning):
+    """Conditions Wan 2.2 Fun Control models: the control latent, four mask channels (ComfyUI's node takes
+    no start image, so every frame is to be made) and the start latent's 16 channels, in that order
+    (`concat_mask_index` 16); a reference image's latent as `reference_latents`."""
+
+    display_name = "Wan22FunControlToVideo"
+    inputs = _conditioning_inputs(Input("ref_image", "IMAGE", optional=True),
+                                  Input("control_video", "IMAGE", optional=True))
+
+    def run(self, positive, negative, vae, width, height, length, batch_size, ref_image=None, control_video=None):
+        import torch
+
+        from genloom.diffusion.resample import scale_image
+
+        frames, h, w = latent_frames(length), height // 8, width // 8
+        extra = {"concat_latent_image": _fun_concat(vae, width, height, length, batch_size, None, control_video),
+                 "concat_mask": torch.ones([1, 4, frames, h, w]), "concat_mask_index": 16}
+        positive, negative = _with(positive, extra), _with(negative, extra)
+        if ref_image is not None:
+            ref = vae.encode(scale_image(ref_image[:1], width, height, "bilinear", "center")[..., :3])
+            positive, negative = (_appended(positive, {"reference_latents": [ref]}),
+                                  _appended(negative, {"reference_latents": [ref]}))
+        return positive, negative, {"samples": torch.zeros([batch_size, 16, frames, h, w])}
 
 
 def _joined_vision(start, end):
@@ -264,4 +352,5 @@ def _appended(conditioning, values: dict):
 
 
 NODES = [EmptyHunyuanLatentVideo, TrimVideoLatent, WanImageToVideo, WanFirstLastFrameToVideo,
-         WanVaceToVideo, Wan22ImageToVideoLatent]
+         WanFunInpaintToVideo, WanFunControlToVideo, Wan22FunControlToVideo, WanVaceToVideo,
+         Wan22ImageToVideoLatent]

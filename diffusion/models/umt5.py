@@ -2,8 +2,9 @@
 
 The file holds transformers' UMT5EncoderModel keys (`shared.weight`, `encoder.block.N.layer...`, a
 relative attention bias in every block, which is how it differs from T5) and, in ComfyUI's files, its
-SentencePiece vocabulary as the uint8 tensor `spiece_model`; the tokenizer is built from that (no hub,
-nothing shipped: the vocabulary travels with the weights). A file without it is refused by name.
+SentencePiece vocabulary as the uint8 tensor `spiece_model`; the tokenizer is built from that (no hub).
+A file without it whose embeddings cover umt5-xxl's 256,000 pieces gets the shipped copy of umt5-xxl's
+SentencePiece model (`diffusion/configs/umt5_tokenizer/`, Apache-2.0); any other is refused by name.
 
 Encoding as ComfyUI and diffusers' WanPipeline do it: the prompt's tokens and the end token, padded to
 512 positions that the attention mask leaves out and whose outputs are zeroed. Prompt weights follow
@@ -12,8 +13,10 @@ ComfyUI's rule (each token's output moved away from the empty prompt's by its we
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from genloom.diffusion.errors import CheckpointError
@@ -22,6 +25,8 @@ from .loading import build_module, load_dtype
 from .weights import dequantize, exact_keys, stored_dtype
 
 MIN_TOKENS = 512
+SHIPPED_SPIECE = Path(__file__).resolve().parents[1] / "configs" / "umt5_tokenizer" / "spiece.model"
+SHIPPED_PIECES = 256000  # umt5-xxl's vocabulary; its embedding is padded to 256,384 rows
 _BIAS1 = "encoder.block.1.layer.0.SelfAttention.relative_attention_bias.weight"
 
 
@@ -44,24 +49,35 @@ def config_from_shapes(shapes: dict) -> dict:
 
 
 def spm_tokenizer(model: bytes):
-    """A fast tokenizer equal to the SentencePiece unigram model `model` (its pieces, scores and
-    normaliser), with SentencePiece's conventions: "▁" word starts, </s> = id 1, <pad> = id 0."""
+    """A fast tokenizer that encodes as the SentencePiece unigram model `model` does, from the model's own
+    settings: its pieces and scores, normaliser (the precompiled character map; extra spaces removed only
+    where it says so), spaces escaped to "▁", the dummy "▁" prefix, byte fallback for pieces it lacks
+    (umt5-xxl's has it) and its user-defined pieces kept whole; pad, end and unknown ids as it declares."""
     from sentencepiece import sentencepiece_model_pb2
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     proto = sentencepiece_model_pb2.ModelProto()
     proto.ParseFromString(bytes(model))
-    pieces = [(p.piece, p.score) for p in proto.pieces]
-    unk = next((i for i, p in enumerate(proto.pieces) if p.type == 2), 2)
-    core = Tokenizer(models.Unigram(pieces, unk_id=unk, byte_fallback=False))
-    charsmap = proto.normalizer_spec.precompiled_charsmap
-    steps = [normalizers.Precompiled(charsmap)] if charsmap else []
-    core.normalizer = normalizers.Sequence(steps + [normalizers.Replace(Regex(" {2,}"), " ")])
-    core.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
-    core.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
-    return PreTrainedTokenizerFast(tokenizer_object=core, unk_token=proto.pieces[unk].piece,
-                                   eos_token=proto.pieces[1].piece, pad_token=proto.pieces[0].piece,
+    spec, trainer = proto.normalizer_spec, proto.trainer_spec
+    core = Tokenizer(models.Unigram([(p.piece, p.score) for p in proto.pieces], unk_id=trainer.unk_id,
+                                    byte_fallback=trainer.byte_fallback))
+    steps = [normalizers.Precompiled(spec.precompiled_charsmap)] if spec.precompiled_charsmap else []
+    if spec.remove_extra_whitespaces:  # spaces only: SentencePiece leaves tabs and newlines alone
+        steps += [normalizers.Replace(Regex(r"^ +| +$"), ""), normalizers.Replace(Regex(" {2,}"), " ")]
+    if spec.escape_whitespaces:
+        steps.append(normalizers.Replace(" ", "\u2581"))
+    if spec.add_dummy_prefix:
+        steps.append(normalizers.Prepend("\u2581"))
+    core.normalizer = normalizers.Sequence(steps)
+    user = sorted((p.piece for p in proto.pieces if p.type == 4), key=len, reverse=True)
+    if user:  # SentencePiece never splits or merges its user-defined pieces
+        core.pre_tokenizer = pre_tokenizers.Split(Regex("|".join(map(re.escape, user))), behavior="isolated")
+    core.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
+                                     + ([decoders.Strip(" ", 1, 0)] if spec.add_dummy_prefix else []))
+    pieces = proto.pieces
+    return PreTrainedTokenizerFast(tokenizer_object=core, unk_token=pieces[trainer.unk_id].piece,
+                                   eos_token=pieces[trainer.eos_id].piece, pad_token=pieces[trainer.pad_id].piece,
                                    model_max_length=MIN_TOKENS)
 
 
@@ -76,12 +92,17 @@ def from_state(state: dict, name: str) -> Umt5:
     from transformers import UMT5Config, UMT5EncoderModel
 
     spiece = state.pop("spiece_model", None)
-    if spiece is None:
-        raise CheckpointError(f"{name}: this UMT5 file carries no tokenizer (the `spiece_model` tensor "
-                              "ComfyUI's files have); use the wan UMT5 file from ComfyUI's Wan repackage")
     state = {k: v for k, v in state.items() if not k.endswith("position_ids")}
     shapes = {k: tuple(v.shape) for k, v in state.items()}
     config = config_from_shapes(shapes)
+    if spiece is not None:
+        tokenizer = spm_tokenizer(spiece.numpy().tobytes())
+    elif config["vocab_size"] >= SHIPPED_PIECES:
+        tokenizer = shipped_tokenizer()
+    else:
+        raise CheckpointError(f"{name}: this UMT5 file carries no tokenizer (the `spiece_model` tensor ComfyUI's "
+                              f"files have) and its {config['vocab_size']} token embeddings are not umt5-xxl's "
+                              "vocabulary, the one genloom ships; use the wan UMT5 file from ComfyUI's Wan repackage")
     shared = state.get("shared.weight", state.get("encoder.embed_tokens.weight"))
     state = {**state, "shared.weight": shared, "encoder.embed_tokens.weight": shared}
     dtype = load_dtype(stored_dtype(state))
@@ -89,7 +110,13 @@ def from_state(state: dict, name: str) -> Umt5:
     what = f"UMT5 text encoder {name}"
     module = build_module(UMT5EncoderModel, UMT5Config(**config).to_dict(), state, what)
     exact_keys(state, module.state_dict().keys(), what)
-    return Umt5(module.eval(), spm_tokenizer(spiece.numpy().tobytes()), name)
+    return Umt5(module.eval(), tokenizer, name)
+
+
+@functools.lru_cache(maxsize=1)
+def shipped_tokenizer():
+    """umt5-xxl's own SentencePiece model, shipped for files that carry none (built once: 256,000 pieces)."""
+    return spm_tokenizer(SHIPPED_SPIECE.read_bytes())
 
 
 def _weighted_ids(tokenizer, text: str) -> list[tuple[int, float]]:

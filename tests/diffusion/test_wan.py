@@ -500,12 +500,12 @@ def test_vace_control_video_with_reference_equals_the_vace_pipeline(wan, tmp_pat
     # positive and negative of different strengths share a batch: each row gets its own hint scale
     x = torch.randn(2, 16, 3, SIZE // 8, SIZE // 8, generator=torch.Generator().manual_seed(4))
     emb, t = torch.cat([pos[0][0], neg[0][0]]), torch.tensor([700.0, 700.0])
-    context = torch.cat([model.cond_extras({**pos[0][1]}, SIZE, SIZE)["vace_context"]] * 2)
+    context = torch.cat([model.cond_extras({**pos[0][1]}, SIZE, SIZE)["vace_context"]] * 2)  # [2, 1, 96, ...]
     extras = {"vace_context": context, "vace_scale": torch.tensor([0.7, 0.2])}
     with torch.no_grad():
         both = model.predict(vace, x, t, emb, extras)
         rows = [vace(hidden_states=x[i:i + 1], timestep=t[i:i + 1], encoder_hidden_states=emb[i:i + 1],
-                     control_hidden_states=context[i:i + 1], control_hidden_states_scale=torch.tensor([s, s]),
+                     control_hidden_states=context[i:i + 1, 0], control_hidden_states_scale=torch.tensor([s, s]),
                      return_dict=False)[0] for i, s in enumerate((0.7, 0.2))]
     assert torch.allclose(both, torch.cat(rows), atol=1e-5)
 

@@ -20,12 +20,19 @@ given start frame of image-to-video sits at timestep 0); a masked-off frame stay
 instead of being re-noised (ComfyUI's scale_latent_inpaint). First-last-frame models (`img_emb.emb_pos`)
 read the two images' CLIP-vision tokens concatenated. VACE models (`vace_blocks.N` with `before_proj` /
 `after_proj`, `vace_patch_embedding`) become WanVACETransformer3DModel, a hint block after every
-(depth / hints)-th block as ComfyUI maps them; their control context comes from WanVaceToVideo.
+(depth / hints)-th block as ComfyUI maps them; their control contexts come from WanVaceToVideo nodes
+(chained ones each add their hints, ComfyUI's sum).
+
+Fun models differ only by their input width, and take what ComfyUI's concat rule gives them: Fun InP
+(36 channels: mask + start/end latents, like image-to-video), Wan 2.1 Fun Control (48: control and start
+latents, no mask), Wan 2.2 Fun Control (52: control latent, mask, start latent) whose `ref_conv` puts a
+reference image's latent ahead of the video as one frame of tokens.
 """
 
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from genloom.diffusion.errors import CheckpointError, SamplingError
@@ -150,17 +157,24 @@ class WanHandle(DiTHandle):
         return self.per_frame_timesteps
 
     def cond_extras(self, extra: dict, height: int, width: int) -> dict:
-        """Image-to-video: the encoded start frames and their mask ride along as channels to concatenate
-        (ComfyUI's concat_latent_image / concat_mask), CLIP-vision tokens as image embeddings; Wan 2.2 5B
-        reads each latent frame's share of the noise mask, its timestep's factor."""
+        """A model that takes more input channels than the latent has (image-to-video, Fun InP and
+        Control) gets them from ComfyUI's concat_latent_image / concat_mask (`concat_channels`),
+        CLIP-vision tokens as image embeddings, VACE models their control contexts; Wan 2.2 5B reads
+        each latent frame's share of the noise mask, its timestep's factor."""
         out = {}
-        if extra.get("concat_latent_image") is not None:
-            out["concat"] = concat_channels(self, extra)
+        channels = int(getattr(getattr(self.unet, "config", None), "in_channels", 0) or 0) - self.latent_channels
+        if channels > 0:  # image-to-video, Fun InP / Control: channels concatenated to the latent
+            out["concat"] = concat_channels(self, extra, channels)
         vision = extra.get("clip_vision_output")
         if vision is not None:  # CLIP-vision tokens (Wan 2.1 image-to-video)
             out["image_embeds"] = getattr(vision, "penultimate_hidden_states", vision)
         if getattr(getattr(self.unet, "config", None), "vace_layers", None):
             out.update(vace_inputs(self, extra))
+        references = extra.get("reference_latents")
+        if references and getattr(self.unet, "ref_conv", None) is not None:  # Wan 2.2 Fun: the last one's frame 0
+            from genloom.diffusion.sampling.latent_formats import of_model
+
+            out["reference"] = of_model(self).process_in(references[-1].float())[:, :, 0]
         mask = extra.get("denoise_mask")
         if self.per_frame_timesteps and mask is not None and mask.ndim == 5:
             out["frame_mask"] = mask.float().mean(dim=(1, 3, 4))  # [B, frames]
@@ -186,68 +200,172 @@ class WanHandle(DiTHandle):
                                         f"and an end image), not {images.shape[-2]}")
                 images = images.reshape(-1, positions // 2, images.shape[-1])
             kwargs["encoder_hidden_states_image"] = images
-        if "vace_context" in extras:
-            return self._vace_predict(transformer, x, timestep, emb, extras, kwargs)
-        return transformer(hidden_states=x, timestep=timestep, encoder_hidden_states=emb,
-                           return_dict=False, **kwargs)[0]
+        with _reference_frame(transformer, extras.get("reference")):
+            if "vace_context" in extras:
+                return self._vace_predict(transformer, x, timestep, emb, extras, kwargs)
+            return transformer(hidden_states=x, timestep=timestep, encoder_hidden_states=emb,
+                               return_dict=False, **kwargs)[0]
 
     @staticmethod
     def _vace_predict(transformer, x, timestep, emb, extras: dict, kwargs: dict):
-        """VACE: the control context through the hint blocks, each hint scaled by its row's strength
-        (rows of different strengths are separate calls: diffusers takes one scale per layer)."""
+        """VACE: each control context through the hint blocks, its hints scaled by its strength; rows
+        of different strengths are separate calls (diffusers takes one scale per layer)."""
         import torch
 
-        context, scales = extras["vace_context"].to(x.dtype), extras["vace_scale"].to(x.dtype)
+        contexts = extras["vace_context"].to(x.dtype)
+        scales = extras["vace_scale"].to(x.dtype).reshape(len(contexts), -1)  # [rows, contexts]
         layers = len(transformer.config.vace_layers)
-        rows = [slice(None)] if bool((scales == scales[0]).all()) else [slice(i, i + 1) for i in range(len(x))]
-        outs = [transformer(hidden_states=x[r], timestep=timestep[r], encoder_hidden_states=emb[r],
-                            control_hidden_states=context[r], control_hidden_states_scale=scales[r][:1].repeat(layers),
-                            return_dict=False, **{k: v[r] for k, v in kwargs.items()})[0] for r in rows]
+        rows = [slice(None)] if bool((scales == scales[:1]).all()) else [slice(i, i + 1) for i in range(len(x))]
+        outs = []
+        for r in rows:
+            context, scale = contexts[r], scales[r][0]
+            with _summed_hints(transformer, context[:, 1:], scale[1:]):
+                outs.append(transformer(hidden_states=x[r], timestep=timestep[r], encoder_hidden_states=emb[r],
+                                        control_hidden_states=context[:, 0],
+                                        control_hidden_states_scale=scale[:1].repeat(layers),
+                                        return_dict=False, **{k: v[r] for k, v in kwargs.items()})[0])
         return outs[0] if len(outs) == 1 else torch.cat(outs)
 
 
+@contextmanager
+def _reference_frame(transformer, reference):
+    """Wan 2.2 Fun's reference image (ComfyUI's reference_latent): `ref_conv` turns its latent [B, 16, h, w]
+    into one frame of tokens ahead of the video's, with rotary positions for one frame more (the
+    reference at frame 0), and its outputs dropped before the video is unpatchified. diffusers' forward
+    knows no such frame; three hooks add it: the rotary table sees one frame more, the patch embedding's
+    output gets the reference frame in front, the output projection's result loses its tokens."""
+    if reference is None or getattr(transformer, "ref_conv", None) is None:
+        yield
+        return
+    import torch
+
+    conv = transformer.ref_conv
+    tokens = conv(reference.to(dtype=conv.weight.dtype, device=conv.weight.device))  # [B, dim, h', w']
+
+    def longer(_rope, args):
+        hidden = args[0]
+        return (hidden.new_empty(hidden.shape[0], hidden.shape[1], hidden.shape[2] + 1, *hidden.shape[3:]),)
+
+    def ahead(_embed, _args, output):
+        return torch.cat([tokens.unsqueeze(2).to(output.dtype), output], dim=2)
+
+    def dropped(_proj, _args, output):
+        return output[:, tokens.shape[-2] * tokens.shape[-1]:]
+
+    handles = [transformer.rope.register_forward_pre_hook(longer),
+               transformer.patch_embedding.register_forward_hook(ahead),
+               transformer.proj_out.register_forward_hook(dropped)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def _summed_hints(transformer, contexts, scales):
+    """Chained WanVaceToVideo: ComfyUI runs every control context through the hint blocks and adds
+    each one's hints, scaled by its strength, after the same transformer blocks. diffusers' forward
+    takes one context; the others (`contexts` [B, n, 96, T, h, w]) run beside it here: each hint block
+    also steps their states on the inputs it was given, and each hinted block's output gets their
+    scaled hints added."""
+    if contexts.shape[1] == 0:
+        yield
+        return
+    import torch
+
+    hints: list = []  # per hint block: one hint per extra context
+    states: list = []
+
+    def step(block, args, _output):
+        hidden, encoder, _control, temb, rotary = args
+        if not states:  # the first hint block: each context's patch embedding, padded as diffusers pads
+            for j in range(contexts.shape[1]):
+                tokens = transformer.vace_patch_embedding(contexts[:, j]).flatten(2).transpose(1, 2)
+                pad = tokens.new_zeros(tokens.shape[0], hidden.shape[1] - tokens.shape[1], tokens.shape[2])
+                states.append(torch.cat([tokens, pad], dim=1))
+        out = [block.forward(hidden, encoder, state, temb, rotary) for state in states]
+        states[:] = [state for _hint, state in out]
+        hints.append([hint for hint, _state in out])
+
+    def add(index):
+        def hook(_block, _args, output):
+            return output + sum(hint * scales[j] for j, hint in enumerate(hints[index]))
+        return hook
+
+    handles = [block.register_forward_hook(step) for block in transformer.vace_blocks]
+    handles += [transformer.blocks[layer].register_forward_hook(add(k))
+                for k, layer in enumerate(transformer.config.vace_layers)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def vace_inputs(model, extra: dict) -> dict:
-    """A VACE model's control context [1, 96, T, h, w] (WanVaceToVideo's inactive and reactive latents,
-    each in model space, then its 64-channel mask; without one, ComfyUI's default of zero latents and a
-    full mask) and its strength."""
+    """A VACE model's control contexts [1, n, 96, T, h, w] (one per chained WanVaceToVideo: its inactive
+    and reactive latents, each in model space, then its 64-channel mask; without any, ComfyUI's default
+    of zero latents and a full mask) and their strengths [1, n]."""
     import torch
 
     from genloom.diffusion.sampling.latent_formats import of_model
 
     frames, masks = extra.get("vace_frames"), extra.get("vace_mask")
-    strengths = extra.get("vace_strength") or [1.0]
     if frames is None:
         shape = list(extra["latent_image"].shape)
         frames = [torch.zeros([1, 32, *shape[2:]])]
-        masks = masks or [torch.ones([1, 64, *shape[2:]])]
-    if len(frames) != 1:
-        raise SamplingError(f"{len(frames)} VACE inputs on one conditioning (chained WanVaceToVideo nodes); "
-                            "one is supported")
+    if masks is None:
+        masks = [torch.ones([1, 64, *frames[0].shape[2:]])] * len(frames)
+    strengths = extra.get("vace_strength") or [1.0] * len(frames)
+    if not len(frames) == len(masks) == len(strengths):
+        raise SamplingError(f"VACE conditioning with {len(frames)} control videos, {len(masks)} masks and "
+                            f"{len(strengths)} strengths; each WanVaceToVideo adds one of each")
     fmt = of_model(model)
-    latents = frames[0].float()
-    halves = [fmt.process_in(latents[:, i:i + 16]) for i in range(0, latents.shape[1], 16)]
-    context = torch.cat([*halves, masks[0].float().to(latents.device)], dim=1)
-    return {"vace_context": context, "vace_scale": torch.tensor([float(strengths[0])])}
+    contexts = []
+    for latents, mask in zip(frames, masks):
+        latents = latents.float()
+        halves = [fmt.process_in(latents[:, i:i + 16]) for i in range(0, latents.shape[1], 16)]
+        contexts.append(torch.cat([*halves, mask.float().to(latents.device)], dim=1))
+    if len({tuple(c.shape) for c in contexts}) > 1:
+        raise SamplingError("chained WanVaceToVideo nodes made control contexts of different sizes "
+                            f"{sorted({tuple(c.shape) for c in contexts})}; give them one width, height and length")
+    return {"vace_context": torch.stack(contexts, dim=1), "vace_scale": torch.tensor([[float(s) for s in strengths]])}
 
 
-def concat_channels(model, extra: dict):
-    """[1, 4 + latent channels, T, h, w]: which latent frames are given (ComfyUI's concat_mask is 0 where
-    a frame is given; the model takes 1 - mask, one channel spread to four), then the given frames
-    in the model's latent space."""
+def concat_channels(model, extra: dict, channels: int):
+    """The `channels` [B, channels, T, h, w] the network takes after the latent, by ComfyUI's rule: the
+    given latents (each latent-wide slice in model space; zeros when none are given), and where the
+    network takes four channels more, the mask of given frames as 1 - mask (ComfyUI's concat_mask is 0
+    where a frame is given; one channel spread to four), ahead of them or at `concat_mask_index` (Wan 2.2
+    Fun Control puts it between the control and the start latents)."""
     import torch
 
     from genloom.diffusion.sampling.latent_formats import of_model
 
-    image = of_model(model).process_in(extra["concat_latent_image"].float())
+    given = extra.get("concat_latent_image")
+    if given is None:
+        return torch.zeros([1, channels, *extra["latent_image"].shape[2:]])
+    width, fmt, given = model.latent_channels, of_model(model), given.float()
+    image = torch.cat([fmt.process_in(given[:, i:i + width]) for i in range(0, given.shape[1], width)], dim=1)
+    if image.shape[1] == channels:
+        return image
+    if not 0 < channels - 4 <= image.shape[1]:
+        raise SamplingError(f"this Wan model takes {channels} channels beside the latent; the conditioning's "
+                            f"concat_latent_image has {image.shape[1]} (use the conditioning node made for it)")
+    image = image[:, :channels - 4]
     mask = extra.get("concat_mask")
+    mask = extra.get("denoise_mask") if mask is None else mask
     if mask is None:
-        given = torch.zeros_like(image[:, :1]).expand(-1, 4, -1, -1, -1)
+        given_mask = torch.zeros_like(image[:, :4])
     else:
         mask = mask.float()
-        if mask.shape[1] != 4:
-            mask = mask.mean(dim=1, keepdim=True)
-        given = (1.0 - mask).expand(image.shape[0], 4, *image.shape[2:]) if mask.shape[1] == 1 else 1.0 - mask
-    return torch.cat([given, image], dim=1)
+        mask = 1.0 - (mask if mask.shape[1] == 4 else mask.mean(dim=1, keepdim=True))
+        if mask.shape[2] < image.shape[2]:  # frames the mask does not reach count as not given
+            mask = torch.nn.functional.pad(mask, (0, 0, 0, 0, 0, image.shape[2] - mask.shape[2]))
+        given_mask = mask.expand(image.shape[0], 4, *image.shape[2:])
+    index = int(extra.get("concat_mask_index") or 0)
+    return torch.cat([image[:, :index], given_mask, image[:, index:]], dim=1)
 
 
 def build(state: dict, *, dtype, name: str) -> ModelHandle:
@@ -260,7 +378,14 @@ def build(state: dict, *, dtype, name: str) -> ModelHandle:
     config = config_from_shapes({k: tuple(v.shape) for k, v in state.items()})
     converted = to_diffusers(state)
     cls = WanVACETransformer3DModel if "vace_layers" in config else WanTransformer3DModel
-    module = build_module(cls, config, converted, "Wan transformer", buffers=_rope)
+    reference = converted.get("ref_conv.weight")  # Wan 2.2 Fun Control's reference-image layer
+
+    def buffers(module) -> None:
+        _rope(module)
+        if reference is not None:
+            _add_ref_conv(module, tuple(reference.shape))
+
+    module = build_module(cls, config, converted, "Wan transformer", buffers=buffers)
     exact_keys(converted, module.state_dict().keys(), "Wan transformer")  # nothing left unused either
     channels = config["out_channels"]
     if channels not in (16, 48):
@@ -270,6 +395,16 @@ def build(state: dict, *, dtype, name: str) -> ModelHandle:
     return WanHandle(unet=module, latent_channels=channels, vae_scale_factor=16 if wan22 else 8, name=name,
                      prediction_type="flow", sampling=model_sampling.flow(shift=8.0),
                      latent_format=wan22_format() if wan22 else wan21_format(), per_frame_timesteps=wan22)
+
+
+def _add_ref_conv(module, shape) -> None:
+    """Wan 2.2 Fun's reference-image layer (a 2-D patch embedding diffusers' class lacks), on meta like
+    the rest, filled from the file with it."""
+    import torch
+
+    width, channels, kh, kw = shape
+    with torch.device("meta"):
+        module.ref_conv = torch.nn.Conv2d(channels, width, kernel_size=(kh, kw), stride=(kh, kw))
 
 
 def _rope(module) -> None:
