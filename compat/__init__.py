@@ -55,6 +55,8 @@ MODULES: dict[str, str] = {
     "comfy.sampler_helpers": "genloom.compat.comfy.sampler_helpers",
     "comfy.sd": "genloom.compat.comfy.sd",
     "comfy.model_patcher": "genloom.compat.comfy.model_patcher",
+    # engineer X: wrappers and callbacks
+    "comfy.patcher_extension": "genloom.compat.comfy.patcher_extension",
 }
 
 

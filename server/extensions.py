@@ -3,8 +3,10 @@
 `GET /extensions` lists the JavaScript files of every loaded pack's web folder as
 `/extensions/<pack>/<file>` (the editor imports each), and those files are served from there. Routes a
 pack decorated on `PromptServer.instance.routes` (genloom.compat.server) are added at `/x` and
-`/api/x`; the app's middlewares (token, origin and Host checks) guard them like every other route. The
-compat PromptServer is wired to the websocket hub, so a pack's `send_sync` reaches the editor.
+`/api/x`, folders it declared with `routes.static(prefix, folder)` likewise (confined to the folder:
+'..', absolute names and links leading out are refused); the app's middlewares (token, origin and
+Host checks) guard them like every other route. The compat PromptServer is wired to the websocket
+hub, so a pack's `send_sync` reaches the editor.
 """
 
 from __future__ import annotations
@@ -53,16 +55,31 @@ class Extensions:
             root = self.editor_extensions / pack
         if root is None:
             raise RequestError(404, "no such extension")
-        try:
-            path = safe_join(root, request.match_info["path"])
-        except UnsafePath:
-            raise RequestError(403, "path not allowed") from None
-        if not path.is_file():
-            raise RequestError(404, "no such file")
-        kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-        if path.suffix == ".js":
-            kind = "application/javascript"
-        return web.FileResponse(path, headers={"Content-Type": kind, "Cache-Control": "no-cache"})
+        return folder_file(root, request.match_info["path"])
+
+
+def folder_file(root: Path, relative: str) -> web.FileResponse:
+    """The file `relative` names under `root`; '..', absolute names and links leading out are refused."""
+    try:
+        path = safe_join(root, relative)
+    except UnsafePath:
+        raise RequestError(403, "path not allowed") from None
+    if not path.is_file():
+        raise RequestError(404, "no such file")
+    kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    if path.suffix == ".js":
+        kind = "application/javascript"
+    return web.FileResponse(path, headers={"Content-Type": kind, "Cache-Control": "no-cache"})
+
+
+def _static(folder: str):
+    """A GET handler serving the files of a folder a pack declared with routes.static()."""
+    root = Path(folder)
+
+    async def serve(request):
+        return folder_file(root, request.match_info["path"])
+
+    return serve
 
 
 def prompt_server():
@@ -82,15 +99,18 @@ def add_pack_routes(app: web.Application, instance) -> int:
     added = 0
     latest = {}  # a pack loaded again (another registry in this process) declares its routes again
     for route in instance.routes:
-        if isinstance(route, web.RouteDef):  # static folders a pack declares are not served
-            latest[(route.method, route.path)] = route
-    for route in latest.values():
-        for path in (route.path, "/api" + route.path):
+        if isinstance(route, web.RouteDef):
+            latest[(route.method, route.path)] = (route.method, route.path, route.handler, route.kwargs)
+        elif isinstance(route, web.StaticDef):  # routes.static(prefix, folder): the folder's files
+            path = route.prefix.rstrip("/") + "/{path:.+}"
+            latest[("GET", path)] = ("GET", path, _static(route.path), {})
+    for method, route_path, handler, kwargs in latest.values():
+        for path in (route_path, "/api" + route_path):
             try:
-                app.router.add_route(route.method, path, route.handler, **route.kwargs)
+                app.router.add_route(method, path, handler, **kwargs)
                 added += 1
             except (RuntimeError, ValueError) as exc:
-                log.warning("node pack route %s %s not added: %s", route.method, path, exc)
+                log.warning("node pack route %s %s not added: %s", method, path, exc)
     for resource in instance.routes_added_to_app():
         try:
             app.router.register_resource(resource)

@@ -8,9 +8,10 @@ from __future__ import annotations
 from genloom.diffusion.models.handles import ModelHandle
 from genloom.diffusion.models.patcher import ModelPatcher as _Facade
 from genloom.diffusion.models.patcher import copy_options
+from genloom.diffusion.models.patcher_extension import ExtensionMethods
 
 
-class ModulePatcher:
+class ModulePatcher(ExtensionMethods):
     """A pack's own network in ComfyUI's ModelPatcher shape: `.model`, the devices, `clone()`;
     genloom's memory manager does not manage it (the pack moves it)."""
 
@@ -29,6 +30,12 @@ class ModulePatcher:
 
     def is_clone(self, other) -> bool:
         return getattr(other, "model", None) is self.model
+
+    def _options_to_change(self) -> dict:
+        return self.model_options
+
+    def _transformer_options(self) -> dict:
+        return self.model_options.setdefault("transformer_options", {})
 
     def model_size(self) -> int:
         if self.size:

@@ -6,11 +6,10 @@ genloom's sigma-space sampler (genloom.diffusion.sampling)."""
 from __future__ import annotations
 
 import contextvars
-import weakref
 
+from genloom.diffusion.models.patcher_extension import WrappersMP, wrapped
 from genloom.diffusion.sampling import k_samplers
 from genloom.diffusion.sampling.denoiser import Guider, cfg_combine
-from genloom.diffusion.sampling.guidance import prepare_conds
 from genloom.diffusion.sampling.schedulers import SAMPLER_NAMES as _SAMPLERS
 from genloom.diffusion.sampling.schedulers import SCHEDULER_NAMES as _SCHEDULERS
 from genloom.diffusion.sampling.sigma_loop import Sampler
@@ -180,30 +179,19 @@ class CFGGuider(Guider):
         return run_guider(self, noise, latent_image, sampler, sigmas, denoise_mask, seed)
 
 
-_prepared: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # denoiser -> prepared conds
 _ACTIVE: contextvars.ContextVar = contextvars.ContextVar("genloom_compat_denoiser", default=None)
 
 
 def calc_cond_batch(model, conds: list, x_in, timestep, model_options=None, denoiser=None) -> list:
     """The denoised latent for each conditioning list in `conds` (None: not evaluated) at sigma
-    `timestep`, during a sampling run (inside a guider's predict_noise)."""
-    import torch
-
+    `timestep`, during a sampling run (inside a guider's predict_noise), through the model's
+    CALC_COND_BATCH wrappers as in ComfyUI."""
     den = denoiser or _ACTIVE.get()
     if den is None:
         raise RuntimeError("calc_cond_batch works inside sampling (a CFGGuider's predict_noise)")
-    sigma = float(torch.as_tensor(timestep).reshape(-1)[0])
-    key = (tuple(id(c) for c in conds), tuple(x_in.shape))
-    cache = _prepared.setdefault(den, {})
-    guide = cache.get(key)
-    if guide is None:
-        guide = cache[key] = prepare_conds(model, conds, tuple(x_in.shape), den.device)
-        guide.use_sigmas(den.ms)
-    ms = den.ms
-    t = ms.timestep(torch.tensor(sigma))
-    outs = guide.predictions(den.unet, ms.calculate_input(sigma, x_in), t.to(den.device), float(t),
-                             sigma=sigma)
-    return [None if o is None else ms.calculate_denoised(sigma, o.to(x_in.dtype), x_in) for o in outs]
+    options = model_options if model_options is not None else getattr(model, "model_options", {})
+    calc = wrapped(WrappersMP.CALC_COND_BATCH, den.calc_cond_batch, None, options)
+    return calc(model, conds, x_in, timestep, options)
 
 
 def sampling_function(model, x, timestep, uncond, cond, cond_scale, model_options=None, seed=None):

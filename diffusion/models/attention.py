@@ -17,7 +17,8 @@ Transformer2DModel's place in the network, counted in forward order), n_heads an
 
 `attention_patched(unet, model_options)` installs processors doing that on the attention modules
 concerned for the duration of a `use()`, and puts the original processors back on exit; the
-sampler's guidance sets the per-call options with `call_options()`.
+sampler's guidance sets the per-call options with `call_options()`. Entered again inside a `use()`
+(a network call with options of its own: calc_cond_batch), it adds processors only where none is.
 """
 
 from __future__ import annotations
@@ -159,6 +160,8 @@ def attention_patched(unet, model_options: dict):
         for _path, module, which, block, block_index, index in attention_places(unet):
             if which not in everywhere and _replacement(replace, which, block, block_index) is None:
                 continue
+            if isinstance(module.processor, PatchedAttention):
+                continue  # installed by an enclosing use(): it reads each call's options already
             originals.append((module, module.processor))
             module.processor = PatchedAttention(module.processor, which, block, block_index, index, to)
         yield unet

@@ -2,14 +2,16 @@
 
 CLIP: tokenize(text) -> tokens per encoder (ComfyUI's keys: "l", "g", "h", "t5xxl"; windows of
 (token, weight) pairs with start, end and padding tokens), encode_from_tokens(tokens,
-return_pooled, return_dict), encode_from_tokens_scheduled, clone() -> a mutable `ClipPatcher`
-(clip_layer, add_patches, load_sd on the clone), get_key_patches.
+return_pooled, return_dict) - of those tokens as they were made, or as a pack built or edited them -,
+encode_from_tokens_scheduled, clone() -> a mutable `ClipPatcher` (clip_layer, add_patches, load_sd
+on the clone), get_key_patches.
 VAE: encode / decode (pixels [B,H,W,C] 0..1), encode_tiled / decode_tiled, spacial_compression_*,
 downscale_ratio / upscale_ratio, latent_channels, first_stage_model, vae_encode_crop_pixels.
 """
 
 from __future__ import annotations
 
+from collections import namedtuple
 from dataclasses import replace
 
 from .patcher import text_param_names
@@ -17,8 +19,13 @@ from .patcher import text_param_names
 # ComfyUI's token keys per encoder: SD1 "l", SD2 "h", SDXL "l" + "g"; split encoders by role.
 _ROLE_KEYS = {"clip_l": "l", "clip_g": "g", "t5xxl": "t5xxl"}
 _POSITIONAL_KEYS = {"sd1": ("l",), "sd2": ("h",), "sdxl": ("l", "g"), "sdxl_refiner": ("g",)}
-# ComfyUI's state-dict prefixes of the text encoders -> genloom's LoRA targets.
-_TEXT_PREFIXES = {"clip_l.transformer.": 0, "clip_h.transformer.": 0, "clip_g.transformer.": 1}
+# ComfyUI's state-dict names of the text encoders (under cond_stage_model), by token key.
+_SD_NAMES = {"l": "clip_l", "g": "clip_g", "h": "clip_h", "t5xxl": "t5xxl"}
+# Present in CLIP-G's state dict only (CLIP-L has 12 layers): ComfyUI's SDXL load_sd routes by it.
+_CLIP_G_KEY = "text_model.encoder.layers.30.mlp.fc1.weight"
+
+# What load_sd returns, as torch's load_state_dict(strict=False) names it.
+IncompatibleKeys = namedtuple("IncompatibleKeys", "missing_keys unexpected_keys")
 
 
 class Tokens(dict):
@@ -48,6 +55,48 @@ def _keys(clip) -> tuple:
     if clip.roles:
         return tuple(_ROLE_KEYS.get(r, r) for r in clip.roles)
     return _POSITIONAL_KEYS.get(clip.kind, ("l",) * len(clip.text_encoders))
+
+
+def _prefixes(clip) -> dict:
+    """{"clip_l.transformer.": (encoder index, LoRA target), ...} for this CLIP's encoders."""
+    out = {}
+    for index, key in enumerate(_keys(clip)):
+        target = clip.roles[index] if clip.roles else ("text_encoder" if index == 0 else "text_encoder_2")
+        out[f"{_SD_NAMES.get(key, key)}.transformer."] = (index, target)
+    return out
+
+
+def _window(window: list, pad: int, width: int) -> list:
+    """A token window as genloom encodes it: (token id or embedding vector, weight) pairs (a pack's
+    third element, ComfyUI's word id, dropped), padded to the encoder's window."""
+    out = []
+    for entry in window:
+        token, weight = entry[0], float(entry[1]) if len(entry) > 1 else 1.0
+        out.append((token if getattr(token, "ndim", 0) >= 1 else int(token), weight))
+    if len(out) > width:
+        raise ValueError(f"a token window holds {len(out)} tokens; this text encoder takes {width}")
+    return out + [(pad, 1.0)] * (width - len(out))
+
+
+def encode_windows(clip, tokens: dict):
+    """(cond, pooled) of ComfyUI token windows a pack built or edited ({"l": [[(id, weight), ...],
+    ...], "g": ...}) for the CLIP-L/G/H models: genloom's prompt encoding of those same windows
+    (encoding.py: weights against the empty prompt's window, SDXL's penultimate layer)."""
+    from .embeddings import EmbeddingLookup
+    from .encoding import _specials, encode_windows as encode, prompt_windows
+
+    keys = _keys(clip)
+    if clip.roles or clip.family_encode is not None:
+        raise NotImplementedError(f"genloom encodes {clip.kind} tokens as clip.tokenize(text) made them; "
+                                  "tokens built or edited by hand are supported for SD1, SD2 and SDXL")
+    lookup = EmbeddingLookup()
+    lists = []
+    for key, tok, enc in zip(keys, clip.tokenizers, clip.text_encoders):
+        if not tokens.get(key):
+            raise ValueError(f"the tokens have no {key!r} windows (this CLIP takes {', '.join(keys)})")
+        width = len(prompt_windows(tok, enc, "", lookup)[0])
+        lists.append([_window(w, _specials(tok)[2], width) for w in tokens[key]])
+    return encode(clip, lists, lookup)
 
 
 class ComfyClipMethods:
@@ -88,16 +137,15 @@ class ComfyClipMethods:
         return Tokens(windows, texts)
 
     def encode_from_tokens(self, tokens, return_pooled=False, return_dict=False):
-        if not isinstance(tokens, Tokens) or tokens.edited():
-            raise NotImplementedError("genloom encodes tokens from clip.tokenize(text) as they were "
-                                      "made; tokens built or edited by hand are not supported")
         handle = self.handle
-        texts = tokens.texts
-        if handle.roles:
+        if not isinstance(tokens, Tokens) or tokens.edited():
+            cond, pooled = encode_windows(handle, tokens)
+        elif handle.roles:
+            texts = tokens.texts
             back = {v: k for k, v in _ROLE_KEYS.items()}
             cond, pooled = handle.encode_roles({back.get(k, k): t for k, t in texts.items()})
         else:
-            keys = _keys(handle)
+            keys, texts = _keys(handle), tokens.texts
             cond, pooled = handle.encode(texts[keys[0]], texts[keys[-1]] if len(keys) > 1 else None)
         if return_dict:
             return {"cond": cond, "pooled_output": pooled}
@@ -158,28 +206,73 @@ class ClipPatcher(ComfyClipMethods):
 
     def add_patches(self, patches: dict, strength_patch: float = 1.0, strength_model: float = 1.0) -> list:
         """Weight patches by ComfyUI's keys ("clip_l.transformer.text_model...", "clip_g...")."""
-        from .patcher import KeyPatches
-
-        per_target: dict = {}  # encoder index -> {parameter name: patch}
-        original: dict = {}  # (encoder index, parameter name) -> the key as given
-        for key, value in patches.items():
-            for prefix, index in _TEXT_PREFIXES.items():
-                if key.startswith(prefix) and index < len(self._handle.text_encoders):
-                    per_target.setdefault(index, {})[key[len(prefix):]] = value
-                    original[(index, key[len(prefix):])] = key
         known = []
-        for index, table in per_target.items():
-            target = "text_encoder" if index == 0 else "text_encoder_2"
-            kp = KeyPatches(table, float(strength_patch), float(strength_model), target=target)
-            found = kp.keys_in(self._handle.text_encoders[index])
-            if found:
-                self._handle = replace(self._handle, patches=self._handle.patches + ((kp, 1.0),))
-                known += [original[(index, name)] for name in found]
+        for index, target, table in self._per_encoder(patches)[0]:
+            found = self._patch(index, target, {name: value for name, (_key, value) in table.items()},
+                                strength_patch, strength_model)
+            known += [table[name][0] for name in found]
         return known
 
     def load_sd(self, sd: dict, full_model: bool = False):
-        raise NotImplementedError("genloom loads text encoders through its loaders; CLIP.load_sd "
-                                  "is not supported")
+        """Load text-encoder weights as ComfyUI's CLIP.load_sd does: `full_model` keys name the
+        encoder ("clip_l.transformer.text_model..."); otherwise the state dict is one encoder's
+        (transformers' names), CLIP-G's on SDXL when it has CLIP-G's 31st layer, else the first. The
+        weights become this clone's ("set" patches: the shared encoders never change). Returns
+        (missing_keys, unexpected_keys) as torch's load_state_dict(strict=False) does."""
+        if full_model:
+            groups, unexpected = self._per_encoder(sd)
+            given = {index: table for index, _target, table in groups}
+            missing = []
+            for prefix, (index, target) in _prefixes(self._handle).items():
+                table = given.get(index, {})
+                gone, wrong = self._load(index, target, {name: value for name, (_k, value) in table.items()})
+                missing += [prefix + name for name in gone]
+                unexpected += [table[name][0] for name in wrong]
+            return IncompatibleKeys(missing, unexpected)
+        keys = _keys(self._handle)
+        index = keys.index("g") if "g" in keys and len(keys) > 1 and _CLIP_G_KEY in sd else 0
+        target = _prefixes(self._handle)[f"{_SD_NAMES.get(keys[index], keys[index])}.transformer."][1]
+        return IncompatibleKeys(*self._load(index, target, dict(sd)))
+
+    def _per_encoder(self, weights: dict) -> tuple:
+        """([(encoder index, target, {name: (key as given, value)})], keys of no encoder)."""
+        tables: dict = {}
+        rest = []
+        prefixes = _prefixes(self._handle)
+        for key, value in weights.items():
+            prefix = next((p for p in prefixes if key.startswith(p)), None)
+            if prefix is None:
+                rest.append(key)
+                continue
+            tables.setdefault(prefixes[prefix], {})[key[len(prefix):]] = (key, value)
+        return [(index, target, table) for (index, target), table in tables.items()], rest
+
+    def _patch(self, index: int, target: str, table: dict, strength_patch=1.0, strength_model=1.0) -> list:
+        from .patcher import KeyPatches
+
+        kp = KeyPatches(table, float(strength_patch), float(strength_model), target=target)
+        found = kp.keys_in(self._handle.text_encoders[index])
+        if found:
+            self._handle = replace(self._handle, patches=self._handle.patches + ((kp, 1.0),))
+        return found
+
+    def _load(self, index: int, target: str, sd: dict) -> tuple:
+        """(missing, unexpected) of loading `sd` into encoder `index` as "set" patches."""
+        encoder = self._handle.text_encoders[index]
+        names = text_param_names(encoder)
+        params = dict(encoder.named_parameters())
+        for key, value in sd.items():
+            name = names.get(key)
+            if name is not None and tuple(value.shape) != tuple(params[name].shape):
+                raise RuntimeError(f"size mismatch for {key}: the checkpoint has {tuple(value.shape)}, "
+                                   f"this text encoder {tuple(params[name].shape)}")
+        found = set(self._patch(index, target, {k: ("set", (v,)) for k, v in sd.items() if k in names}))
+        covered = {names[k] for k in found}
+        clip = "CLIP" in type(encoder).__name__  # ComfyUI spells CLIP's weights "text_model.*"
+
+        def spelled(name):
+            return name if not clip or name.startswith(("text_model.", "text_projection")) else "text_model." + name
+        return [spelled(n) for n in params if n not in covered], [k for k in sd if k not in found]
 
 
 class ComfyVaeMethods:

@@ -181,8 +181,6 @@ def _encode_rows(clip, target: str, tokenizer, encoder, windows, empty, lookup, 
 
 def encode_prompt(clip, text: str, text_2: str):
     """-> (cond [1, T, D] float32 CPU, pooled [1, P] float32 CPU or None)."""
-    import torch
-
     if clip.kind in FAMILY_ENCODERS or clip.family_encode is not None:  # one prompt for every encoder
         return encode_texts(clip, {role: text for role in clip.roles})
     two = len(clip.text_encoders) == 2
@@ -192,6 +190,17 @@ def encode_prompt(clip, text: str, text_2: str):
     pairs = list(zip(clip.tokenizers, clip.text_encoders))
     keys = ("clip_g",) if refiner else ENCODER_KEYS[len(pairs)]
     token_lists = [prompt_windows(tok, enc, t, lookup, key) for (tok, enc), t, key in zip(pairs, texts, keys)]
+    return encode_windows(clip, token_lists, lookup)
+
+
+def encode_windows(clip, token_lists: list, lookup: EmbeddingLookup):
+    """SD1/SD2/SDXL: (cond, pooled) of each encoder's windows of (token, weight) pairs (the
+    encoder with fewer windows gets empty ones); also the encoding of tokens a plugin edited."""
+    import torch
+
+    two = len(clip.text_encoders) == 2
+    refiner = clip.kind == "sdxl_refiner"
+    pairs = list(zip(clip.tokenizers, clip.text_encoders))
     n = max(len(t) for t in token_lists)
     empties = [prompt_windows(tok, enc, "", lookup) for tok, enc in pairs]
     for windows, empty in zip(token_lists, empties):

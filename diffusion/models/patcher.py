@@ -10,6 +10,7 @@ samplers and nodes like any MODEL, and what the pack registered is honoured ther
   model_function_wrapper                                guidance (`network_call` below)
   transformer_options patches / patches_replace         attention processors (attention.py)
   add_patches (weight diffs, "set", merged models)      `KeyPatches` through lora.patched()
+  add_wrapper_with_key / add_callback_with_key          their call sites (patcher_extension.py)
 
 The handle answers the same reads (clone, get_model_object, model.model_sampling, load_device, ...);
 its mutating methods say to clone first, since a handle is shared by every node that received it.
@@ -21,6 +22,7 @@ from dataclasses import replace
 from typing import Any
 
 from .attention import call_options
+from .patcher_extension import ExtensionMethods
 
 
 def copy_options(options: dict) -> dict:
@@ -34,6 +36,9 @@ def copy_options(options: dict) -> dict:
     for key in ("patches", "patches_replace"):
         if key in to:
             to[key] = {name: (dict(v) if isinstance(v, dict) else list(v)) for name, v in to[key].items()}
+    for key in ("wrappers", "callbacks"):  # {type: {key: [fn, ...]}}
+        if key in to:
+            to[key] = {kind: {k: list(fns) for k, fns in table.items()} for kind, table in to[key].items()}
     out["transformer_options"] = to
     return out
 
@@ -136,7 +141,7 @@ def _param_dtype(module):
     return next(module.parameters()).dtype
 
 
-class ComfyModelMethods:
+class ComfyModelMethods(ExtensionMethods):
     """The ModelPatcher surface both a ModelHandle and a ModelPatcher answer (mixed into each).
 
     Subclasses provide `unet`, `model_options`, `patches` and `_options_to_change()`."""
@@ -258,6 +263,16 @@ class ComfyModelMethods:
     def set_model_attn2_replace(self, patch, block_name, number, transformer_index=None) -> None:
         self.set_model_patch_replace(patch, "attn2", block_name, number, transformer_index)
 
+    # UNet block patches, run at ComfyUI's LDM block places (block_patches.py)
+    def set_model_input_block_patch(self, patch) -> None:
+        self.set_model_patch(patch, "input_block_patch")
+
+    def set_model_input_block_patch_after_skip(self, patch) -> None:
+        self.set_model_patch(patch, "input_block_patch_after_skip")
+
+    def set_model_output_block_patch(self, patch) -> None:
+        self.set_model_patch(patch, "output_block_patch")
+
     def add_patches(self, patches: dict, strength_patch: float = 1.0, strength_model: float = 1.0) -> list:
         """Weight patches {key: diff tensor | (diff,) | ("diff", (diff,)) | ("set", (weight,)) |
         [(weight,), *patches] (get_key_patches' form)}; keys in the LDM layout (with or without
@@ -293,7 +308,12 @@ class ModelPatcher(ComfyModelMethods):
         return self.model_options
 
     def clone(self) -> "ModelPatcher":
-        return ModelPatcher(self._base, self.model_options, tuple(self._patches))
+        from .patcher_extension import CallbacksMP
+
+        twin = ModelPatcher(self._base, self.model_options, tuple(self._patches))
+        for callback in self.get_all_callbacks(CallbacksMP.ON_CLONE):
+            callback(self, twin)
+        return twin
 
     def add_patches(self, patches: dict, strength_patch: float = 1.0, strength_model: float = 1.0) -> list:
         kp = KeyPatches(dict(patches), float(strength_patch), float(strength_model))
@@ -441,18 +461,21 @@ def key_patches(handle, filter_prefix: str | None = None) -> dict:
     return out
 
 
-# ---- model_function_wrapper ---------------------------------------------------------------------
+# ---- model_function_wrapper and the APPLY_MODEL / DIFFUSION_MODEL wrappers -----------------------
 
 def network_call(model, unet, x, t, emb, extras: dict, cond_or_uncond: list, sigma: float | None, ms):
     """One batched network call with ComfyUI's per-call transformer options, through the pack's
-    model_function_wrapper when it set one.
+    model_function_wrapper and its APPLY_MODEL / DIFFUSION_MODEL wrappers when it set them.
 
-    ComfyUI calls wrapper(apply_model, {"input", "timestep", "c", "cond_or_uncond"}) with the
-    unscaled latent and sigma as the timestep, and apply_model returns the denoised latent. genloom's
-    guidance works in network-output space on the scaled input, so the input is unscaled
-    (calculate_input is a scaling) and the wrapper's denoised result mapped back (calculate_denoised
-    is affine in the output)."""
+    DIFFUSION_MODEL wrappers stand around the network itself (the scaled input, the model's
+    timesteps, its output). ComfyUI calls model_function_wrapper(apply_model, {"input", "timestep",
+    "c", "cond_or_uncond"}) and APPLY_MODEL wrappers with the unscaled latent and sigma as the
+    timestep, and apply_model returns the denoised latent. genloom's guidance works in network-output
+    space on the scaled input, so for those the input is unscaled (calculate_input is a scaling) and
+    the denoised result mapped back (calculate_denoised is affine in the output)."""
     import torch
+
+    from .patcher_extension import WrappersMP, wrapped
 
     options = getattr(model, "model_options", None) or {}
     if ms is None:
@@ -464,26 +487,40 @@ def network_call(model, unet, x, t, emb, extras: dict, cond_or_uncond: list, sig
     sigmas = torch.full((x.shape[0],), float(sigma), device=x.device)
     to = dict(options.get("transformer_options") or {})
     to.update(cond_or_uncond=list(cond_or_uncond), sigmas=sigmas, original_shape=list(x.shape))
-    wrapper = options.get("model_function_wrapper")
-    if wrapper is None:
-        with call_options(to):
-            return model.predict(unet, x, t, emb, extras)
 
-    def apply_model(input_x, timestep, c_crossattn=None, transformer_options=None, **rest):
+    def network(x_in, timesteps, context=None, y=None, control=None, transformer_options=None, **rest):
+        inputs = {k: rest.get(k, v) for k, v in extras.items() if k != "control"}
+        if "control" in extras:
+            inputs["control"] = control
+        with call_options(transformer_options if transformer_options is not None else to):
+            return model.predict(unet, x_in, timesteps, emb if context is None else context, inputs)
+
+    diffusion_model = wrapped(WrappersMP.DIFFUSION_MODEL, network, unet, options)
+    wrapper = options.get("model_function_wrapper")
+    apply_wrappers = bool((to.get("wrappers") or {}).get(WrappersMP.APPLY_MODEL))
+    if wrapper is None and not apply_wrappers:
+        return diffusion_model(x, t, emb, None, extras.get("control"), to)
+
+    def _apply_model(input_x, timestep, c_concat=None, c_crossattn=None, control=None,
+                     transformer_options=None, **rest):
         s = torch.as_tensor(timestep, dtype=torch.float32, device=input_x.device).reshape(-1)
         shaped = s.reshape(-1, *([1] * (input_x.ndim - 1)))
         xc = ms.calculate_input(shaped, input_x.float())
-        steps = ms.timestep(s.cpu()).to(input_x.device)
-        with call_options(transformer_options if transformer_options is not None else to):
-            out = model.predict(unet, xc.to(x.dtype), steps, emb if c_crossattn is None else c_crossattn,
-                                {k: rest.get(k, v) for k, v in extras.items()})
+        if c_concat is not None:
+            rest["c_concat"] = c_concat
+        out = diffusion_model(xc.to(x.dtype), ms.timestep(s.cpu()).to(input_x.device), c_crossattn, None,
+                              control, transformer_options if transformer_options is not None else to, **rest)
         return ms.calculate_denoised(shaped, out.float(), input_x.float())
 
+    apply_model = wrapped(WrappersMP.APPLY_MODEL, _apply_model, getattr(model, "model", None), options)
     scale = float(ms.calculate_input(float(sigma), torch.ones(())))
     x_raw = x.float() / scale
     c = {"c_crossattn": emb, "transformer_options": to, **extras}
-    denoised = wrapper(apply_model, {"input": x_raw, "timestep": sigmas, "c": c,
-                                     "cond_or_uncond": list(cond_or_uncond)})
+    if wrapper is None:
+        denoised = apply_model(x_raw, sigmas, **c)
+    else:
+        denoised = wrapper(apply_model, {"input": x_raw, "timestep": sigmas, "c": c,
+                                         "cond_or_uncond": list(cond_or_uncond)})
     base = ms.calculate_denoised(float(sigma), torch.zeros_like(x_raw), x_raw)
     slope = float(ms.calculate_denoised(float(sigma), torch.ones(()), torch.zeros(()))) - \
         float(ms.calculate_denoised(float(sigma), torch.zeros(()), torch.zeros(())))

@@ -20,6 +20,8 @@ from typing import Any
 
 from genloom.diffusion.errors import SamplingError
 from genloom.diffusion.models.owner import model_owner
+from genloom.diffusion.models.patcher_extension import (CallbacksMP, WrappersMP, copy_nested_dicts,
+                                                       run_callbacks, wrapped)
 from genloom.engine import context
 
 from . import k_samplers, latent_formats
@@ -136,22 +138,12 @@ def sample_sigmas(guider: Guider, sampler: Sampler, sigmas, latent: dict, noise,
     if len(sigmas) < 2:
         return dict(latent)
     ctx = context.current()
-    device = ctx.device
-    ms = of_model(model)
-    fmt = latent_formats.of_model(model)
-    latent_in = fmt.process_in(samples.to(device=device, dtype=torch.float32))
-    noise = noise.to(device=device, dtype=torch.float32)
-    mask = prepare_mask(latent["noise_mask"], latent_in.shape, device) \
-        if latent.get("noise_mask") is not None else None
-    s0 = float(sigmas[0])
-    x = ms.noise_scaling(s0, noise, latent_in, ms.is_max_denoise(s0))
     options = ctx.options or {}
     interval = float(options.get("preview_interval", 0.25))
     previews = options.get("previews", True) not in (False, "none")
-    total = len(sigmas) - 1
     state = {"last": time.monotonic(), "denoised": None}
 
-    def callback(i, _x, denoised):
+    def callback(i, denoised, _x, total):  # ComfyUI's shape, so OUTER/SAMPLER_SAMPLE wrappers can wrap it
         state["denoised"] = denoised
         preview = None
         if previews and time.monotonic() - state["last"] >= interval:
@@ -159,37 +151,86 @@ def sample_sigmas(guider: Guider, sampler: Sampler, sigmas, latent: dict, noise,
             state["last"] = time.monotonic()
         ctx.progress(i + 1, total, preview=preview)
 
-    def run():
-        with torch.no_grad(), model.use(device, unet_dtype(device, options)) as unet:
-            need_uncond = sampler.name in k_samplers.CFG_PP
-            denoise = Denoiser(guider, unet, ms, tuple(latent_in.shape), device, need_uncond,
-                               inputs={"latent_image": latent_in, "denoise_mask": mask})
-            if mask is not None:
-                known = noise
-                if sampler.name in k_samplers.INPAINT_RANDOM_NOISE:  # ComfyUI: a second generator
-                    gen = torch.Generator().manual_seed((int(seed) + 1) % (2 ** 64))
-                    known = torch.randn(noise.shape, generator=gen).to(device=device, dtype=noise.dtype)
-                denoise = _Masked(denoise, ms, mask, known, latent_in,
-                                  (model.model_options or {}).get("denoise_mask_function"),
-                                  {"model": model, "model_sampling": ms, "sigmas": sigmas},
-                                  clean=bool(getattr(model, "inpaint_clean", False)))
-            positive = sigmas[sigmas > 0]
-            if sampler.name in k_samplers.BROWNIAN:
-                noiser = BrownianNoise(x, float(positive.min()), float(sigmas.max()), seed,
-                                       cpu=not sampler.name.endswith("_gpu"))
-            else:
-                noiser = default_noise_sampler(x, seed)
-            opts = dict(sampler.options)
-            eta = float(opts.pop("eta", k_samplers.ETA_DEFAULT.get(sampler.name, 1.0)))
-            step_ctx = k_samplers.StepContext(ms, noiser, callback, eta=eta,
-                                              s_noise=float(opts.pop("s_noise", 1.0)))
-            return sampler.algorithm()(denoise, x, sigmas.tolist(), step_ctx, **opts)
+    def outer(noise, latent_image, sampler, sigmas, denoise_mask=None, callback=None, disable_pbar=False,
+              seed=None, **_kw):
+        return _outer_sample(guider, sampler, sigmas, latent_image, denoise_mask, noise, seed, callback)
 
-    out = model_owner().memory.retry_on_oom(run, "sampling")
-    out = fmt.process_out(ms.inverse_noise_scaling(float(sigmas[-1]), out))
+    model_options = getattr(model, "model_options", None) or {}
+    run_callbacks(CallbacksMP.ON_PRE_RUN, model_options, model)
+    try:
+        out = wrapped(WrappersMP.OUTER_SAMPLE, outer, guider, model_options)(
+            noise, samples, sampler, sigmas, latent.get("noise_mask"), callback, True, seed)
+    finally:
+        run_callbacks(CallbacksMP.ON_CLEANUP, model_options, model)
     if denoised_out is not None:
         clean = state["denoised"]
-        denoised_out.append(fmt.process_out(clean) if clean is not None else out)
+        denoised_out.append(latent_formats.of_model(model).process_out(clean) if clean is not None else out)
     result = dict(latent)
     result["samples"] = out.detach().float().cpu()
     return result
+
+
+def _outer_sample(guider: Guider, sampler: Sampler, sigmas, samples, noise_mask, noise, seed, callback):
+    """ComfyUI's outer_sample: the raw latent sampled from `samples` (raw VAE latents) with `noise`."""
+    import torch
+
+    model = guider.model
+    seed = int(seed or 0)
+    sigmas = torch.as_tensor(sigmas, dtype=torch.float32).reshape(-1).cpu()
+    ctx = context.current()
+    device = ctx.device
+    ms = of_model(model)
+    fmt = latent_formats.of_model(model)
+    latent_in = fmt.process_in(samples.to(device=device, dtype=torch.float32))
+    noise = noise.to(device=device, dtype=torch.float32)
+    mask = prepare_mask(noise_mask, latent_in.shape, device) if noise_mask is not None else None
+    options = ctx.options or {}
+
+    def sampler_sample(guider, sigmas, extra_args, callback, noise, latent_image, denoise_mask,
+                       disable_pbar=True):
+        sigmas = torch.as_tensor(sigmas, dtype=torch.float32).reshape(-1).cpu()
+        s0 = float(sigmas[0])
+        x = ms.noise_scaling(s0, noise, latent_image, ms.is_max_denoise(s0))
+        need_uncond = sampler.name in k_samplers.CFG_PP
+        denoise = Denoiser(guider, unet, ms, tuple(latent_image.shape), device, need_uncond,
+                           inputs={"latent_image": latent_image, "denoise_mask": denoise_mask, "seed": seed})
+        if denoise_mask is not None:
+            known = noise
+            if sampler.name in k_samplers.INPAINT_RANDOM_NOISE:  # ComfyUI: a second generator
+                gen = torch.Generator().manual_seed((seed + 1) % (2 ** 64))
+                known = torch.randn(noise.shape, generator=gen).to(device=device, dtype=noise.dtype)
+            denoise = _Masked(denoise, ms, denoise_mask, known, latent_image,
+                              (model.model_options or {}).get("denoise_mask_function"),
+                              {"model": model, "model_sampling": ms, "sigmas": sigmas},
+                              clean=bool(getattr(model, "inpaint_clean", False)))
+        positive = sigmas[sigmas > 0]
+        if sampler.name in k_samplers.BROWNIAN:
+            noiser = BrownianNoise(x, float(positive.min()), float(sigmas.max()), seed,
+                                   cpu=not sampler.name.endswith("_gpu"))
+        else:
+            noiser = default_noise_sampler(x, seed)
+        opts = dict(sampler.options)
+        eta = float(opts.pop("eta", k_samplers.ETA_DEFAULT.get(sampler.name, 1.0)))
+        total = len(sigmas) - 1
+
+        def step_callback(i, x_i, denoised):  # a wrapper may have passed no callback on
+            if callback is not None:
+                callback(i, denoised, x_i, total)
+
+        step_ctx = k_samplers.StepContext(ms, noiser, step_callback, eta=eta,
+                                          s_noise=float(opts.pop("s_noise", 1.0)))
+        return sampler.algorithm()(denoise, x, sigmas.tolist(), step_ctx, **opts)
+
+    model_options = copy_nested_dicts(getattr(model, "model_options", None) or {})
+    model_options.setdefault("transformer_options", {})["sample_sigmas"] = sigmas
+    extra_args = {"model_options": model_options, "seed": seed}
+
+    def run():
+        nonlocal unet
+        with torch.no_grad(), model.use(device, unet_dtype(device, options)) as unet:
+            return wrapped(WrappersMP.SAMPLER_SAMPLE, sampler_sample, sampler, model_options)(
+                guider, sigmas, extra_args, callback, noise, latent_in, mask, True)
+
+    unet = None
+    out = model_owner().memory.retry_on_oom(run, "sampling")
+    return fmt.process_out(ms.inverse_noise_scaling(float(sigmas[-1]), out))

@@ -62,8 +62,10 @@ def test_v3_schemas_compile_to_comfyuis_object_info(engine):
     assert scale["output"] == ["FLOAT"] and scale["output_name"] == ["scaled"] and scale["output_node"]
     assert scale["category"] == "tests/v3" and scale["description"].startswith("Multiplies")
     pick = info["V3Pick"]
-    assert pick["input"]["required"]["mode"][0] == ["add", "repeat"]
-    assert set(pick["input"]["optional"]) == {"mode.amount", "mode.text", "mode.times", "thing"}
+    mode = pick["input"]["required"]["mode"]  # one entry, as ComfyUI lists a DynamicCombo
+    assert mode[0] == "COMFY_DYNAMICCOMBO_V3" and [o["key"] for o in mode[1]["options"]] == ["add", "repeat"]
+    assert list(mode[1]["options"][1]["inputs"]["required"]) == ["text", "times"]
+    assert set(pick["input"]["optional"]) == {"thing"}
     assert pick["input"]["optional"]["thing"][0] == "*" and pick["output"] == ["STRING", "*"]
     assert info["V3Switch"]["input"]["optional"]["a"][1]["lazy"] is True
     assert "NoFunction" in info  # listed, as ComfyUI lists a class without FUNCTION

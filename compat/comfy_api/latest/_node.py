@@ -14,9 +14,11 @@ from abc import ABCMeta
 from enum import Enum
 from typing import Any
 
-from genloom.engine.node import Blocker
+from genloom.engine import node as engine_node
+from genloom.engine.node import Blocker, Node
+from genloom.engine.v1 import compile_v1
 
-from ._types import DynamicCombo
+from ._types import Autogrow, DynamicCombo
 
 
 class Hidden(str, Enum):
@@ -147,9 +149,13 @@ def _overrides(cls, name: str) -> bool:
     return any(name in klass.__dict__ for klass in cls.__mro__ if klass not in (ComfyNode, object))
 
 
-class ComfyNode(metaclass=_NodeMeta):
+class ComfyNode(Node, metaclass=_NodeMeta):
     """The base of V3 nodes. Define `define_schema()` and `execute(cls, **inputs)`; optionally
-    `validate_inputs`, `fingerprint_inputs` and `check_lazy_status` (classmethods)."""
+    `validate_inputs`, `fingerprint_inputs` and `check_lazy_status` (classmethods).
+
+    The registry takes a V3 class as a genloom Node: `schema()` is the V1 compilation of its
+    INPUT_TYPES (engine/v1.py) with its DynamicCombo and Autogrow inputs as genloom's own dynamic
+    inputs (engine/node.py), so /object_info shows them as ComfyUI does."""
 
     hidden: HiddenHolder = HiddenHolder()
     RELATIVE_PYTHON_MODULE = None
@@ -170,8 +176,19 @@ class ComfyNode(metaclass=_NodeMeta):
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
-        """Built from a fresh define_schema(), as ComfyUI does (options may list files)."""
+        """Built from a fresh define_schema(), as ComfyUI does (options may list files); dynamic
+        inputs flat, as prompts name them."""
         return cls.GET_SCHEMA().input_types()
+
+    @classmethod
+    def schema(cls):
+        cached = cls.__dict__.get("_genloom_node_schema")
+        if cached is None:
+            v3 = cls._schema()
+            cached = compile_v1(v3.node_id, cls, v3.display_name, cls.__module__)
+            cached.inputs = _dynamic_inputs(v3, cached.inputs)
+            cls._genloom_node_schema = cached
+        return cached
 
     def __init_subclass__(cls, **kwargs):
         """A node's own check_lazy_status sees what execute sees: no hidden values among the inputs
@@ -196,7 +213,7 @@ class ComfyNode(metaclass=_NodeMeta):
             member = Hidden(h)
             hidden[member.name] = kwargs.pop(member.name, None)
         for item in schema.inputs:
-            if isinstance(item, DynamicCombo.Input):
+            if isinstance(item, (DynamicCombo.Input, Autogrow.Input)):
                 item.regroup(kwargs)
         clone = type(cls.__name__, (cls,), {"hidden": HiddenHolder(hidden), "__module__": cls.__module__,
                                             "_genloom_schema": schema})
@@ -237,6 +254,41 @@ class ComfyNode(metaclass=_NodeMeta):
     async def EXECUTE_NORMALIZED_ASYNC(cls, **kwargs):
         clone, kwargs = cls._prepare(dict(kwargs))
         return cls._v1_result(await clone.execute(**kwargs))
+
+
+def _dynamic_inputs(v3: Schema, flat: list) -> list:
+    """The compiled flat inputs with each DynamicCombo and Autogrow of the schema made genloom's
+    dynamic input of that kind (the same flat names, grouped, and ComfyUI's /object_info entry)."""
+    from dataclasses import replace
+
+    by_name = {spec.name: spec for spec in flat}
+    out = []
+    for item in v3.inputs:
+        if isinstance(item, DynamicCombo.Input):
+            options = {}
+            for option in item.options:
+                specs = []
+                for inner in option.inputs:
+                    for leaf in inner.flat():
+                        spec = by_name[f"{item.id}.{leaf.id}"]
+                        section = "optional" if leaf.optional else "required"
+                        specs.append(replace(spec, name=leaf.id, section=section, extra=dict(spec.extra)))
+                options[option.key] = specs
+            out += engine_node.DynamicCombo(item.id, options, tooltip=item.tooltip or "", optional=item.optional)
+        elif isinstance(item, Autogrow.Input):
+            template, first = item.template, by_name[f"{item.id}.{item.template.names[0]}"]
+            spec = replace(first, name=template.input.id, extra=dict(first.extra),
+                           section="optional" if template.input.optional or item.optional else "required")
+            prefix = getattr(template, "prefix", None)
+            names = None if prefix is not None else template.names
+            out += engine_node.Autogrow(item.id, spec, prefix=prefix, names=names, min=template.min,
+                                        max=getattr(template, "max", len(template.names)),
+                                        tooltip=item.tooltip or "")
+        else:
+            out += [by_name[leaf.id] for leaf in item.flat()]
+    # required before optional, as INPUT_TYPES lists them (the editor lays widgets out that way)
+    out.sort(key=lambda spec: spec.section != "required")
+    return out + [spec for spec in flat if spec.section == "hidden"]
 
 
 class ComfyExtension:

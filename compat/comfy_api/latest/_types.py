@@ -334,9 +334,10 @@ class MatchType:
 
 
 class DynamicCombo:
-    """A choice whose options bring inputs of their own. genloom declares the choice as a COMBO and
-    every option's inputs as optional inputs named `choice.input`; `execute` receives
-    `choice={"choice": key, <the chosen option's inputs>}`, as in ComfyUI."""
+    """A choice whose options bring inputs of their own: genloom's DynamicCombo (engine/node.py),
+    the options' inputs named `choice.input` in prompts; `execute` receives `choice={"choice": key,
+    <the chosen option's inputs>}`, as in ComfyUI. INPUT_TYPES lists them flat (the choice a COMBO,
+    every option's inputs optional)."""
 
     io_type = "COMFY_DYNAMICCOMBO_V3"
 
@@ -383,3 +384,65 @@ class DynamicCombo:
                         if isinstance(inner, DynamicCombo.Input):
                             inner.regroup(chosen)
             values[self.id] = chosen
+
+
+class Autogrow:
+    """Sockets that grow as they are connected: `Autogrow.Input(id, template=Autogrow.TemplatePrefix(
+    io.Image.Input("image"), prefix="image", min=1, max=10))` (slots image0 ... image9) or
+    `TemplateNames(input, names=[...], min=1)`. genloom's Autogrow (engine/node.py): the slots are named
+    `id.slot` in prompts; `execute` receives `id={slot: value}` for the slots given, as in ComfyUI."""
+
+    io_type = "COMFY_AUTOGROW_V3"
+    _MaxNames = 100
+
+    class _Template:
+        def __init__(self, input: Input, min: int):
+            if isinstance(input, (DynamicCombo.Input, Autogrow.Input)):
+                raise ValueError("an Autogrow template cannot be a dynamic input")
+            if min < 0:
+                raise ValueError("an Autogrow template's min must be 0 or more")
+            self.input, self.min = copy.copy(input), int(min)
+            if isinstance(self.input, WidgetInput):
+                self.input.force_input = True  # a grown slot is always a socket
+            self.names: list[str] = []
+
+    class TemplatePrefix(_Template):
+        def __init__(self, input: Input, prefix: str, min: int = 1, max: int = 10):
+            super().__init__(input, min)
+            if not 1 <= max <= Autogrow._MaxNames:
+                raise ValueError(f"an Autogrow template's max must be 1 to {Autogrow._MaxNames}")
+            self.prefix, self.max = prefix, int(max)
+            self.names = [f"{prefix}{i}" for i in range(self.max)]
+
+    class TemplateNames(_Template):
+        def __init__(self, input: Input, names: list, min: int = 1):
+            super().__init__(input, min)
+            self.names = list(names)[:Autogrow._MaxNames]
+
+    class Input(Input):
+        def __init__(self, id, template, display_name=None, optional=False, tooltip=None, lazy=None,
+                     extra_dict=None):
+            super().__init__(id, display_name, optional, tooltip, lazy, extra_dict)
+            self.template = template
+
+        def get_io_type(self) -> str:
+            return self.template.input.get_io_type()
+
+        def flat(self):
+            """One input per slot, `id.slot`; the first `min` required unless the template is optional."""
+            out = []
+            for i, name in enumerate(self.template.names):
+                slot = copy.copy(self.template.input)
+                slot.id = f"{self.id}.{name}"
+                slot.optional = self.optional or self.template.input.optional or i >= self.template.min
+                out.append(slot)
+            return out
+
+        def regroup(self, values: dict) -> None:
+            """Replace the `id.slot` values by `id={slot: value}` of the slots given."""
+            grown = {}
+            for name in self.template.names:
+                key = f"{self.id}.{name}"
+                if key in values:
+                    grown[name] = values.pop(key)
+            values[self.id] = grown
