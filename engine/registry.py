@@ -7,6 +7,7 @@ parameter is reported when the pack loads, not when a workflow first runs the no
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from types import ModuleType
 
@@ -49,7 +50,11 @@ class Registry:
         if isinstance(node, type) and issubclass(node, Node):
             schema = node.schema()
             if name and name != schema.name:
-                raise NodeDefinitionError(f"{node.__name__} is named {schema.name!r}, not {name!r}")
+                if not getattr(node, "keyed_by_mapping", False):
+                    raise NodeDefinitionError(f"{node.__name__} is named {schema.name!r}, not {name!r}")
+                # A V3 class listed in NODE_CLASS_MAPPINGS: ComfyUI keys it (and prompts name it) by
+                # the mapping's key; its schema's display name stays.
+                schema = dataclasses.replace(schema, name=name)
         elif is_v1_class(node):
             schema = compile_v1(name or node.__name__, node, display_name, module or node.__module__)
         else:

@@ -107,3 +107,31 @@ def test_dynamic_inputs_through_the_server(packs, tmp_path):
         assert entry["outputs"]["4"] == {"text": [WANT]}
     finally:
         srv.stop()
+
+
+def test_a_v3_class_is_keyed_by_its_mapping_key(tmp_path):
+    """ComfyUI keys a V3 class in NODE_CLASS_MAPPINGS by the mapping's key (prompts name it so) and
+    shows its schema's display name, not NODE_DISPLAY_NAME_MAPPINGS'."""
+    folder = tmp_path / "custom_nodes"
+    folder.mkdir()
+    (folder / "keyed_pack.py").write_text(
+        "from comfy_api.latest import io\n\n"
+        "class Twice(io.ComfyNode):\n"
+        "    @classmethod\n"
+        "    def define_schema(cls):\n"
+        "        return io.Schema(node_id='TwiceV3', display_name='Twice (schema)', category='tests/v3',\n"
+        "                         inputs=[io.Int.Input('n', default=2)], outputs=[io.Int.Output()])\n\n"
+        "    @classmethod\n"
+        "    def execute(cls, n):\n"
+        "        return io.NodeOutput(2 * n)\n\n"
+        "NODE_CLASS_MAPPINGS = {'KeyedTwice': Twice}\n"
+        "NODE_DISPLAY_NAME_MAPPINGS = {'KeyedTwice': 'Twice (mapping)'}\n")
+    out = tmp_path / "out"
+    engine = Engine(plugins_dir=folder, device="cpu", output_dir=out, temp_dir=out / "temp", input_dir=out / "in")
+    info = engine.registry.object_info()
+    assert "KeyedTwice" in info and "TwiceV3" not in info, engine.registry.problems
+    assert info["KeyedTwice"]["display_name"] == "Twice (schema)"
+    result = engine.run({"1": {"class_type": "KeyedTwice", "inputs": {"n": 21}},
+                         "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}}})
+    assert not result.errors, result.errors
+    assert "42" in json.dumps(result.outputs["2"])

@@ -159,6 +159,7 @@ class ComfyNode(Node, metaclass=_NodeMeta):
 
     hidden: HiddenHolder = HiddenHolder()
     RELATIVE_PYTHON_MODULE = None
+    keyed_by_mapping = True  # in NODE_CLASS_MAPPINGS, registered under the mapping's key (engine/registry.py)
 
     @classmethod
     def define_schema(cls) -> Schema:
