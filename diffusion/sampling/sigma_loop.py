@@ -127,6 +127,10 @@ def sample_sigmas(guider: Guider, sampler: Sampler, sigmas, latent: dict, noise,
     model = guider.model
     want = int(model.latent_channels)
     video = getattr(model, "kind", "") in VIDEO_KINDS  # 5-D latents [batch, channels, frames, h, w]
+    one_frame = not video and samples.ndim == 5 and samples.shape[2] == 1
+    if one_frame:  # an image model given a video VAE's one-frame latent (Qwen-Image's VAE is Wan's)
+        samples = samples[:, :, 0]
+        noise = noise.reshape(samples.shape) if noise.numel() == samples.numel() else noise
     if samples.ndim != (5 if video else 4) or samples.shape[1] != want:
         axes = "frames, height, width" if video else "height, width"
         raise SamplingError(f"latent_image has shape {tuple(samples.shape)} but this model takes "
@@ -164,9 +168,11 @@ def sample_sigmas(guider: Guider, sampler: Sampler, sigmas, latent: dict, noise,
         run_callbacks(CallbacksMP.ON_CLEANUP, model_options, model)
     if denoised_out is not None:
         clean = state["denoised"]
-        denoised_out.append(latent_formats.of_model(model).process_out(clean) if clean is not None else out)
+        clean = latent_formats.of_model(model).process_out(clean) if clean is not None else out
+        denoised_out.append(clean.unsqueeze(2) if one_frame else clean)
     result = dict(latent)
-    result["samples"] = out.detach().float().cpu()
+    out = out.detach().float().cpu()
+    result["samples"] = out.unsqueeze(2) if one_frame else out  # the shape it came in
     return result
 
 

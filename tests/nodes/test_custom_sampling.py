@@ -52,6 +52,26 @@ def test_sampler_custom_advanced_equals_ksampler(models, tmp_folders, kind):
         assert torch.equal(custom["samples"], ref["samples"])
 
 
+def test_an_image_model_samples_a_one_frame_video_latent(models, tmp_folders):
+    """A video VAE's one-frame latent [B, C, 1, h, w] (Qwen-Image's VAE is Wan's) samples as the image
+    latent it holds and comes back in the shape it came in, the denoised output too."""
+    model = models["sd1"].model
+    pos, neg = _conds(models["sd1"])
+    source = torch.randn(1, 4, 6, 6, generator=torch.Generator().manual_seed(3))
+    (ref,) = KSampler().run(model, 7, 2, 3.0, "euler", "normal", pos, neg, {"samples": source}, 0.6)
+    (five,) = KSampler().run(model, 7, 2, 3.0, "euler", "normal", pos, neg, {"samples": source[:, :, None]}, 0.6)
+    assert five["samples"].shape == (1, 4, 1, 6, 6)
+    assert torch.equal(five["samples"][:, :, 0], ref["samples"])
+    (noise,) = cs.RandomNoise().run(7)
+    (guider,) = cs.CFGGuider().run(model, pos, neg, 3.0)
+    (sigmas,) = cs.BasicScheduler().run(model, "normal", 2, 0.6)
+    out, denoised = cs.SamplerCustomAdvanced().run(noise, guider, cs.KSamplerSelect().run("euler")[0], sigmas,
+                                                   {"samples": source[:, :, None]})
+    assert torch.equal(out["samples"], five["samples"]) and denoised["samples"].shape == (1, 4, 1, 6, 6)
+    with pytest.raises(Exception, match="takes"):
+        KSampler().run(model, 7, 2, 3.0, "euler", "normal", pos, neg, {"samples": torch.zeros(1, 4, 2, 6, 6)}, 1.0)
+
+
 def test_denoise_and_split_sigmas_match_ksampler_semantics(models, tmp_folders):
     model = models["sd1"].model
     pos, neg = _conds(models["sd1"])
