@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.genloom-installed
 
-.PHONY: install run test browser bench clean
+.PHONY: install run run-flow test browser bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,9 @@ install: $(STAMP)
 
 run: install
 	$(PY) -m genloom.cli run workflows/txt2img.json --output-dir output
+
+run-flow: install  # the second shipped model: Flux.1-style split files, the custom sampler graph
+	$(PY) -m genloom.cli run workflows/flux_txt2img.json --output-dir output
 
 browser:
 	bash tools/install_browser.sh

@@ -19,8 +19,10 @@ ELSEWHERE = {"flux_dev_txt2img": "tests/nodes/test_flux_nodes.py",
              "sd35_txt2img": "tests/nodes/test_loaders_split.py",
              "wan_t2v": "tests/diffusion/test_wan.py", "wan_i2v": "tests/diffusion/test_wan.py",
              "qwen_image_txt2img": "tests/nodes/test_llm_workflows.py",
+             "qwen_image_edit": "tests/diffusion/test_qwen_image_edit.py",
              "z_image_turbo_txt2img": "tests/nodes/test_llm_workflows.py",
              "z_image_prompt_expansion": "tests/nodes/test_llm_workflows.py",
+             "flux2_txt2img": "tests/diffusion/test_flux2.py",
              "inpaint": "tests/test_inpaint_equality.py", "sdxl_refiner": "tests/test_refiner_equality.py"}
 WORKFLOWS = sorted(p for p in (REPO / "workflows").glob("*.json") if p.stem not in ELSEWHERE)
 INPUTS = REPO / "workflows" / "input"
@@ -36,6 +38,7 @@ EXPECTED = {
     "style_transfer": (1, 64),
     "batch": (8, 32),
     "controlnet_canny": (1, 32),
+    "flux_txt2img": (1, 64),
 }
 
 

@@ -102,17 +102,24 @@ def draw_mask(shape: str, box: tuple[float, float, float, float], width: int, he
     return np.asarray(img) >= 128
 
 
+def render_shapes(background: str, things, size: int = 64) -> np.ndarray:
+    """uint8 [size, size, 3] picture of (shape, colour, cx, cy, size) things, in order, on a flat
+    background (centres and sizes as fractions of the side; tools/scenes.py draws with it too)."""
+    big = size * SUPERSAMPLE
+    img = Image.new("RGB", (big, big), COLOURS[background])
+    d = ImageDraw.Draw(img)
+    for shape, colour, cx, cy, s in things:
+        cx, cy, s = cx * big, cy * big, s * big
+        if shape == "circle":
+            d.ellipse([cx - s / 2, cy - s / 2, cx + s / 2, cy + s / 2], fill=COLOURS[colour])
+        else:
+            d.polygon(shape_polygon(shape, cx, cy, s), fill=COLOURS[colour])
+    return np.asarray(img.resize((size, size), Image.BOX))
+
+
 def render(sample: Sample, size: int = 64) -> np.ndarray:
     """uint8 [size, size, 3] picture of the sample."""
-    big = size * SUPERSAMPLE
-    img = Image.new("RGB", (big, big), COLOURS[sample.background])
-    d = ImageDraw.Draw(img)
-    cx, cy, s = sample.cx * big, sample.cy * big, sample.size * big
-    if sample.shape == "circle":
-        d.ellipse([cx - s / 2, cy - s / 2, cx + s / 2, cy + s / 2], fill=COLOURS[sample.colour])
-    else:
-        d.polygon(shape_polygon(sample.shape, cx, cy, s), fill=COLOURS[sample.colour])
-    return np.asarray(img.resize((size, size), Image.BOX))
+    return render_shapes(sample.background, [(sample.shape, sample.colour, sample.cx, sample.cy, sample.size)], size)
 
 
 def dataset(n: int, seed: int, size: int = 64) -> tuple[np.ndarray, list[Sample]]:
