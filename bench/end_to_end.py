@@ -196,6 +196,7 @@ def main(argv=None):
                         help="double,single blocks for the Flux case (auto: 19,38 on CUDA, 1,2 on the CPU)")
     parser.add_argument("--skip-sd3", action="store_true", help="skip the SD3 case")
     parser.add_argument("--skip-wan", action="store_true", help="skip the Wan case")
+    parser.add_argument("--skip-flux2", action="store_true", help="skip the Flux.2 Klein case")
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads (1 gives steady figures on a shared machine)")
     args = parser.parse_args(argv)
@@ -243,6 +244,12 @@ def main(argv=None):
                 from sd3_case import sd3_row
 
                 row, note = sd3_row(device, 256, max(1, args.reps // 2), best_of)
+                print(note)
+                rows.append(row)
+            if not args.skip_flux2:
+                from flux2_case import flux2_row
+
+                row, note = flux2_row(device, 128, None, max(1, args.reps // 2), best_of)
                 print(note)
                 rows.append(row)
             if not args.skip_wan:

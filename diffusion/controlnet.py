@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .errors import SamplingError
-from .models.control_files import ADAPTER, CONTROL_LORA
+from .models.control_files import ADAPTER, CONTROL_LORA, FLUX_CONTROLNET, SD3_CONTROLNET
 from .models.owner import model_owner
 
 # SetUnionControlNetType's choices (ComfyUI's names and numbers).
@@ -39,6 +39,11 @@ class ControlModel:
     family: str = "sd"  # "sd" | "sdxl": the UNets it fits
     name: str = ""
     extra: tuple = ()  # ((name, value), ...): SetUnionControlNetType's control_type
+
+    @property
+    def takes_latents(self) -> bool:
+        """Flux and SD3 ControlNets take the hint VAE-encoded (the apply node's vae input), not in pixels."""
+        return self.kind in (FLUX_CONTROLNET, SD3_CONTROLNET)
 
     def with_extra(self, **changes) -> "ControlModel":
         return replace(self, extra=tuple({**dict(self.extra), **changes}.items()))
@@ -86,13 +91,11 @@ class Control:
         """The UNet's extra keyword arguments for this step from every live Control of the chain.
         `sigma`: the step's noise level; without it (a caller that knows only the timestep) it is
         the timestep's table level, which can differ from the step's sigma between levels."""
-        ms, ranges = self._sigmas(handle)
-        if sigma is None:
-            sigma = float(ms.sigma(t.reshape(-1)[0].float().cpu()))
         down = mid = intra = None
-        for c, (hi, lo) in zip(self.chain(), ranges):
-            if not lo <= sigma <= hi:
-                continue
+        for c in self._live(handle, t, sigma):
+            if c.model.takes_latents:
+                raise SamplingError(f"ControlNet {c.model.name!r} is a {c.model.family} ControlNet: it does not "
+                                    "fit this model")
             if c.model.kind == ADAPTER:
                 feats = c._adapter_features(handle, x)
                 intra = feats if intra is None else [a + b for a, b in zip(intra, feats)]
@@ -107,6 +110,98 @@ class Control:
         if intra is not None:
             out["down_intrablock_additional_residuals"] = list(intra)  # the UNet pops from it
         return out
+
+    def _live(self, handle, t, sigma: float | None) -> list["Control"]:
+        """The Controls of the chain whose start/end window holds `sigma` (the timestep's table level
+        when it is unknown)."""
+        ms, ranges = self._sigmas(handle)
+        if sigma is None:
+            sigma = float(ms.sigma(t.reshape(-1)[0].float().cpu()))
+        return [c for c, (hi, lo) in zip(self.chain(), ranges) if lo <= sigma <= hi]
+
+    def _live_of(self, handle, t, sigma, kind: str, family: str) -> list["Control"]:
+        """The live Controls, each checked to be a ControlNet of the model's family."""
+        live = self._live(handle, t, sigma)
+        for c in live:
+            if c.model.kind != kind:
+                raise SamplingError(f"ControlNet {c.model.name!r} is not a {family} ControlNet: it does not fit "
+                                    f"this {family} model")
+        return live
+
+    def flux_inputs(self, handle, x, call: dict, sigma: float | None = None) -> dict:
+        """The Flux transformer's block residuals for this step (controlnet_block_samples,
+        controlnet_single_block_samples) from every live Control of the chain, each network's list
+        stretched to the transformer's depth (its i-th sample on blocks i*k .. i*k+k-1, k = ceil(depth
+        / samples), as diffusers and ComfyUI spread them) and summed. `x`: the latent before packing;
+        `call`: the transformer's own inputs (packed tokens, text, pooled, timestep, ids, guidance)."""
+        import torch
+
+        from .models.flux_model import _pad_even, pack
+
+        depth = (len(handle.unet.transformer_blocks), len(handle.unet.single_transformer_blocks))
+        sums: list = [None, None]
+        for c in self._live_of(handle, call["timestep"], sigma, FLUX_CONTROLNET, "Flux"):
+            net = c.model.module
+            guidance = call.get("guidance")
+            if not net.config.guidance_embeds:
+                guidance = None
+            elif guidance is None:
+                guidance = torch.zeros(x.shape[0], device=x.device)
+            hint = pack(_pad_even(c._latent_hint(handle, x, shifted=True)))  # padded as the latent is
+            with model_owner().memory.use(net, str(x.device), x.dtype, name="ControlNet") as net:
+                outs = net(**{**call, "guidance": guidance}, controlnet_cond=hint,
+                           conditioning_scale=float(c.strength), return_dict=False)
+            for i, (samples, n) in enumerate(zip(outs, depth)):
+                if samples:
+                    k = -(-n // len(samples))
+                    sums[i] = _add(sums[i], [samples[j // k] for j in range(n)])
+        return {name: value for name, value in zip(("controlnet_block_samples", "controlnet_single_block_samples"),
+                                                   sums) if value is not None}
+
+    def sd3_inputs(self, handle, x, t, emb, pooled, sigma: float | None = None) -> dict:
+        """The SD3 transformer's block residuals (block_controlnet_hidden_states) from every live
+        Control: the network gets zeros for the pooled text when its config says so (InstantX's),
+        the text unless it has no context embedder; its i-th output goes to blocks i*k ..
+        i*k+k-1, k = depth // outputs, the last block none (ComfyUI's spreading)."""
+        import torch
+
+        depth = len(handle.unet.transformer_blocks)
+        total = None
+        for c in self._live_of(handle, t, sigma, SD3_CONTROLNET, "SD3"):
+            net = c.model.module
+            hint = c._latent_hint(handle, x, shifted=False)
+            zeros = net.config.force_zeros_for_pooled_projection
+            with model_owner().memory.use(net, str(x.device), x.dtype, name="ControlNet") as net:
+                (outs,) = net(hidden_states=x, controlnet_cond=hint, conditioning_scale=float(c.strength),
+                              encoder_hidden_states=emb, timestep=t,
+                              pooled_projections=torch.zeros_like(pooled) if zeros else pooled, return_dict=False)
+            k = depth // len(outs)
+            spread = [outs[j // k] if j // k < len(outs) else torch.zeros_like(outs[0]) for j in range(depth)]
+            spread[-1] = torch.zeros_like(outs[0])
+            total = _add(total, spread)
+        return {} if total is None else {"block_controlnet_hidden_states": total}
+
+    def _latent_hint(self, handle, x, shifted: bool):
+        """The hint as latents: resized to the latent's pixel size (nearest-exact, centre crop),
+        VAE-encoded, in the model's latent format (SD3 ControlNets without its shift, as ComfyUI
+        and diffusers' InstantX pipeline); one per row of x. Worked out once per size."""
+        from .resample import resize
+        from .sampling import latent_formats
+
+        scale = int(handle.vae_scale_factor)
+        h, w = x.shape[2] * scale, x.shape[3] * scale
+        key = ("latent_hint", h, w, x.shape[0], str(x.device), x.dtype)
+        if key not in self._cache:
+            if self.vae is None:
+                raise SamplingError(f"ControlNet {self.model.name!r} takes its hint as latents: connect a VAE "
+                                    "to the apply node's vae input")
+            pixels = self.hint if tuple(self.hint.shape[2:]) == (h, w) else resize(self.hint, w, h, "nearest-exact",
+                                                                                    "center")
+            fmt = latent_formats.of_model(handle)
+            latent = self.vae.encode(pixels.movedim(1, -1)[..., :3]).float()
+            latent = fmt.process_in(latent) if shifted else latent * fmt.scale
+            self._keep(key, _rows(latent, x.shape[0]).to(x.device, x.dtype))
+        return self._cache[key]
 
     def _hint(self, x, scale: int, channels: int, rows: int | None = None):
         """The hint at the latent's pixel size on x's device, one per row of x (or `rows` rows)."""
@@ -192,6 +287,17 @@ class _AtSigma:
 
     def unet_inputs(self, handle, x, t, emb, added: dict) -> dict:
         return self.control.unet_inputs(handle, x, t, emb, added, self.sigma)
+
+    def flux_inputs(self, handle, x, call: dict) -> dict:
+        return self.control.flux_inputs(handle, x, call, self.sigma)
+
+    def sd3_inputs(self, handle, x, t, emb, pooled) -> dict:
+        return self.control.sd3_inputs(handle, x, t, emb, pooled, self.sigma)
+
+
+def _add(total, parts: list) -> list:
+    """Residual lists summed elementwise (`total` None: the first)."""
+    return list(parts) if total is None else [a + b for a, b in zip(total, parts)]
 
 
 def _rows(t, n: int):

@@ -34,4 +34,7 @@ PACKS = [
     "genloom.nodes.model_patches",
     "genloom.nodes.model_merging",
     "genloom.nodes.clip_vision",
+    "genloom.nodes.unclip",
+    "genloom.nodes.style_model",
+    "genloom.nodes.qwen",
 ]

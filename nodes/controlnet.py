@@ -29,7 +29,8 @@ def _load_control(input_name: str, name: str, base_unet=None, tag: str = ""):
 
 class ControlNetLoader(Node):
     """Loads a ControlNet or T2I-Adapter (SD1.5, SD2, SDXL; original or diffusers layout; Union/ProMax;
-    Stability's control-LoRAs, whose ControlNet is made from the model they are applied to)."""
+    Stability's control-LoRAs, whose ControlNet is made from the model they are applied to; Flux and
+    SD3 ControlNets in diffusers layout)."""
 
     category = "loaders"
     display_name = "Load ControlNet Model"
@@ -68,6 +69,13 @@ def _hint(image):
     return image
 
 
+def _needs_vae(control_net, vae, input_name: str = "vae"):
+    """Flux and SD3 ControlNets take the hint VAE-encoded: without a VAE they cannot run."""
+    if vae is None and getattr(control_net, "takes_latents", False):
+        raise NodeInputError(input_name, f"ControlNet {control_net.name!r} takes its hint as latents: it needs "
+                                         "a VAE (use Apply ControlNet with its vae input connected)")
+
+
 class ControlNetApply(Node):
     """Applies a ControlNet to one conditioning for the whole run (the older node)."""
 
@@ -83,6 +91,7 @@ class ControlNetApply(Node):
 
         if strength == 0:
             return (conditioning,)
+        _needs_vae(control_net, None, "control_net")
         return tuple(apply_control([conditioning], control_net, _hint(image), strength, (0.0, 1.0)))
 
 
@@ -98,7 +107,7 @@ class ControlNetApplyAdvanced(Node):
               Float("start_percent", 0.0, tooltip="Where in the run the control starts (0: first step).", **_PERCENT),
               Float("end_percent", 1.0, tooltip="Where in the run it ends (1: last step).", **_PERCENT),
               Input("vae", "VAE", optional=True,
-                    tooltip="For ControlNets that take the hint as latents (SD/SDXL ones take pixels).")]
+                    tooltip="For ControlNets that take the hint as latents (Flux, SD3; SD/SDXL ones take pixels).")]
     outputs = [Out("CONDITIONING", "positive"), Out("CONDITIONING", "negative")]
 
     def run(self, positive, negative, control_net, image, strength, start_percent, end_percent, vae=None):
@@ -106,8 +115,26 @@ class ControlNetApplyAdvanced(Node):
 
         if strength == 0:
             return (positive, negative)
+        _needs_vae(control_net, vae)
         return tuple(apply_control([positive, negative], control_net, _hint(image), strength,
                                    (start_percent, end_percent), vae))
+
+
+class ControlNetApplySD3(Node):
+    """Apply ControlNet with the VAE required (ComfyUI's older node for SD3's ControlNets, which take
+    the hint as latents); the same as Apply ControlNet with its vae input connected."""
+
+    category = "conditioning/controlnet"
+    display_name = "Apply Controlnet with VAE"
+    inputs = [Input("positive", "CONDITIONING"), Input("negative", "CONDITIONING"),
+              Input("control_net", "CONTROL_NET"), Input("vae", "VAE"), Input("image", "IMAGE"),
+              Float("strength", 1.0, **_STRENGTH), Float("start_percent", 0.0, **_PERCENT),
+              Float("end_percent", 1.0, **_PERCENT)]
+    outputs = [Out("CONDITIONING", "positive"), Out("CONDITIONING", "negative")]
+
+    def run(self, positive, negative, control_net, vae, image, strength, start_percent, end_percent):
+        return ControlNetApplyAdvanced().run(positive, negative, control_net, image, strength,
+                                             start_percent, end_percent, vae)
 
 
 class ControlNetInpaintingAliMamaApply(Node):
@@ -168,5 +195,5 @@ class Canny(Node):
         return (canny(_hint(image)[..., :3], low_threshold, high_threshold, context.current().device),)
 
 
-NODES = [ControlNetLoader, DiffControlNetLoader, ControlNetApply, ControlNetApplyAdvanced,
+NODES = [ControlNetLoader, DiffControlNetLoader, ControlNetApply, ControlNetApplyAdvanced, ControlNetApplySD3,
          ControlNetInpaintingAliMamaApply, SetUnionControlNetType, Canny]

@@ -1,4 +1,5 @@
-"""Flux conditioning nodes (ComfyUI's comfy_extras/nodes_flux.py and nodes_edit_model.py names).
+"""Flux conditioning nodes (ComfyUI's comfy_extras/nodes_flux.py and nodes_edit_model.py names), and
+Flux.2's empty latent and scheduler.
 
 CONDITIONING extras set here: "guidance" (float, or None: the guidance embedding left out),
 "reference_latents" (a list of raw VAE latents [B, 16, h, w], appended in order) and
@@ -8,7 +9,10 @@ CONDITIONING extras set here: "guidance" (float, or None: the guidance embedding
 
 from __future__ import annotations
 
-from genloom.engine.node import Combo, Float, Input, Node, Out, String
+from genloom.engine.node import Combo, Float, Input, Int, Node, Out, String
+
+from .latent import MAX_RESOLUTION
+from .sd3 import EmptySD3LatentImage
 
 _CAT = "advanced/conditioning/flux"
 _COND = Input("conditioning", "CONDITIONING")
@@ -114,5 +118,31 @@ class ReferenceLatent(Node):
                  for c, extra in conditioning],)
 
 
+class EmptyFlux2LatentImage(EmptySD3LatentImage):
+    """All-zero Flux.2 latents: 128 channels (the VAE's 32, in 2x2 patches) per 16x16 pixels."""
+
+    category = "latent"
+    display_name = "Empty Flux 2 Latent"
+
+    def run(self, width, height, batch_size=1):
+        import torch
+
+        return ({"samples": torch.zeros([batch_size, 128, height // 16, width // 16])},)
+
+
+class Flux2Scheduler(Node):
+    """Black Forest Labs' Flux.2 schedule: its resolution- and step-dependent shift of a linear ramp."""
+
+    category = "sampling/custom_sampling/schedulers"
+    inputs = [Int("steps", 20, min=1, max=4096), Int("width", 1024, min=16, max=MAX_RESOLUTION, step=1),
+              Int("height", 1024, min=16, max=MAX_RESOLUTION, step=1)]
+    outputs = [Out("SIGMAS")]
+
+    def run(self, steps, width, height):
+        from genloom.diffusion.models.families.flux2 import schedule
+
+        return (schedule(steps, width, height),)
+
+
 NODES = [CLIPTextEncodeFlux, FluxGuidance, FluxDisableGuidance, ReferenceLatent, FluxKontextImageScale,
-         FluxKontextMultiReferenceLatentMethod]
+         FluxKontextMultiReferenceLatentMethod, EmptyFlux2LatentImage, Flux2Scheduler]

@@ -14,7 +14,7 @@ _TE = "text_encoders"
 _DEVICE = Combo("device", ["default", "cpu"], "default", optional=True, advanced=True,
                 tooltip="Where the text encoders run; cpu keeps them off the GPU.")
 # The `type` values genloom can load (ComfyUI offers more; those are left out rather than loaded wrong).
-CLIP_TYPES = ["stable_diffusion", "sd3", "lumina2", "wan", "qwen_image"]  # in ComfyUI's order
+CLIP_TYPES = ["stable_diffusion", "sd3", "lumina2", "wan", "qwen_image", "flux2"]  # in ComfyUI's order
 DUAL_CLIP_TYPES = ["sdxl", "sd3", "flux"]
 
 

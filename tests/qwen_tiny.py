@@ -9,6 +9,8 @@ import json
 from pathlib import Path
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>"]
+# the tiny tokenizer's ids of the vision tokens (its specials come first, in SPECIALS' order; no video token)
+TOKEN_IDS = {"vision_start_token_id": 3, "vision_end_token_id": 4, "image_token_id": 5, "video_token_id": 415}
 CHAT = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
         "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 CORPUS = ["Describe the image by detailing the color, shape, size, texture, quantity, text, spatial "
@@ -45,7 +47,8 @@ def tiny_qwen25_vl(seed: int, width: int = 64):
                          rope_parameters={"rope_type": "default", "rope_theta": 1000000.0,
                                           "mrope_section": [2, 3, 3]}),
         vision_config=dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=width,
-                           patch_size=14, fullatt_block_indexes=[0]))
+                           patch_size=14, fullatt_block_indexes=[0]),
+        **TOKEN_IDS)
     return Qwen2_5_VLForConditionalGeneration(config).eval()
 
 

@@ -78,25 +78,54 @@ def _window(window: list, pad: int, width: int) -> list:
     return out + [(pad, 1.0)] * (width - len(out))
 
 
+def _no_windows(key: str, keys: tuple) -> ValueError:
+    return ValueError(f"the tokens have no {key!r} windows (this CLIP takes {', '.join(keys)})")
+
+
 def encode_windows(clip, tokens: dict):
     """(cond, pooled) of ComfyUI token windows a pack built or edited ({"l": [[(id, weight), ...],
-    ...], "g": ...}) for the CLIP-L/G/H models: genloom's prompt encoding of those same windows
-    (encoding.py: weights against the empty prompt's window, SDXL's penultimate layer)."""
+    ...], "g": ...}): genloom's prompt encoding of those same windows (encoding.py: weights against
+    the empty prompt's window; SDXL's penultimate layer; SD3's and Flux's joins of their encoders)."""
     from .embeddings import EmbeddingLookup
-    from .encoding import _specials, encode_windows as encode, prompt_windows
+    from .encoding import WINDOW_ENCODERS, _specials, encode_windows as encode, prompt_windows
 
     keys = _keys(clip)
+    if clip.kind in WINDOW_ENCODERS and clip.family_encode is None:
+        return _encode_split(clip, tokens, WINDOW_ENCODERS[clip.kind])
     if clip.roles or clip.family_encode is not None:
         raise NotImplementedError(f"genloom encodes {clip.kind} tokens as clip.tokenize(text) made them; "
-                                  "tokens built or edited by hand are supported for SD1, SD2 and SDXL")
+                                  "tokens built or edited by hand are supported for SD1, SD2, SDXL, SD3 "
+                                  "and Flux")
     lookup = EmbeddingLookup()
     lists = []
     for key, tok, enc in zip(keys, clip.tokenizers, clip.text_encoders):
         if not tokens.get(key):
-            raise ValueError(f"the tokens have no {key!r} windows (this CLIP takes {', '.join(keys)})")
+            raise _no_windows(key, keys)
         width = len(prompt_windows(tok, enc, "", lookup)[0])
         lists.append([_window(w, _specials(tok)[2], width) for w in tokens[key]])
     return encode(clip, lists, lookup)
+
+
+def _encode_split(clip, tokens: dict, encode):
+    """SD3 / Flux: each encoder's windows (CLIP's padded to 77, T5's to the longest of them; []: no
+    tokens, as ComfyUI takes an empty list) through the family's window encoding. Windows under the
+    key of an encoder the CLIP lacks count only as given or not (SD3's zeros for that encoder)."""
+    from .embeddings import EmbeddingLookup
+    from .encoding import _specials, prompt_windows
+
+    lookup = EmbeddingLookup()
+    keys = _keys(clip)
+    windows = {role: [] if tokens.get(key) else None for role, key in _ROLE_KEYS.items()}
+    for role, key, tok, enc in zip(clip.roles, keys, clip.tokenizers, clip.text_encoders):
+        if key not in tokens:
+            raise _no_windows(key, keys)
+        given = tokens[key]
+        if role == "t5xxl":
+            width = max((len(w) for w in given), default=0)
+        else:
+            width = len(prompt_windows(tok, enc, "", lookup)[0])
+        windows[role] = [_window(w, _specials(tok)[2], width) for w in given] or None
+    return encode(clip, windows, lookup)
 
 
 class ComfyClipMethods:
@@ -123,18 +152,17 @@ class ComfyClipMethods:
 
     def tokenize(self, text: str, return_word_ids: bool = False, **kwargs) -> Tokens:
         from .embeddings import EmbeddingLookup
-        from .encoding import prompt_windows
+        from .encoding import WINDOW_ENCODERS, prompt_windows, split_windows
 
         lookup = EmbeddingLookup()
-        windows, texts = {}, {}
-        for key, tok, enc in zip(_keys(self), self.tokenizers, self.text_encoders):
-            if key == "t5xxl":
-                ids = tok(text, add_special_tokens=True, truncation=False).input_ids
-                windows[key] = [[(i, 1.0) for i in ids]]
-            else:
-                windows[key] = prompt_windows(tok, enc, text, lookup, "clip_g" if key == "g" else "clip_l")
-            texts[key] = text
-        return Tokens(windows, texts)
+        keys = _keys(self)
+        if self.kind in WINDOW_ENCODERS and self.family_encode is None:  # SD3, Flux: T5's padded sequence
+            made = split_windows(self, {role: text for role in self.roles}, lookup)
+            windows = {key: made[role] for key, role in zip(keys, self.roles)}
+        else:
+            windows = {key: prompt_windows(tok, enc, text, lookup, "clip_g" if key == "g" else "clip_l")
+                       for key, tok, enc in zip(keys, self.tokenizers, self.text_encoders)}
+        return Tokens(windows, {key: text for key in keys})
 
     def encode_from_tokens(self, tokens, return_pooled=False, return_dict=False):
         handle = self.handle

@@ -14,11 +14,15 @@ Layouts read:
                           is made from the model it is applied to (ControlLora)
   T2I-Adapter, diffusers  T2IAdapter keys (adapter.conv_in, adapter.body.N.resnets.M, ...)
   T2I-Adapter, original   TencentARC's flat list (conv_in, body.K.block1, ...)
+  Flux ControlNet         InstantX / Shakker-Labs, diffusers FluxControlNetModel keys (controlnet_x_embedder,
+                          transformer_blocks, controlnet_blocks, controlnet_single_blocks, ...)
+  SD3 ControlNet          InstantX's, diffusers SD3ControlNetModel keys (pos_embed_input, transformer_blocks,
+                          controlnet_blocks, ...)
 The configuration comes from a config.json beside the weights, from genloom metadata
 ("genloom.configs": {"controlnet" | "t2i_adapter": config}), or else from the weights' shapes with the
 conventions of the released SD1/SD2/SDXL models (8 heads for SD1, 64-channel heads otherwise, SDXL's
-256-wide time-id embedding). Not read yet: the light/style adapters and ControlNets of SD3/Flux; each is
-refused with a message saying so.
+256-wide time-id embedding). Not read yet: the light/style adapters, SD3.5's official ControlNets, Flux
+union and XLabs-style Flux ControlNets; each is refused with a message saying so.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from .loading import build_module
 from .weights import read_state_dict
 
 CONTROLNET, ADAPTER, CONTROL_LORA = "controlnet", "t2i_adapter", "control_lora"
+FLUX_CONTROLNET, SD3_CONTROLNET = "flux_controlnet", "sd3_controlnet"
 # The parts a ControlNet-Union adds to a ControlNet; the same names in both layouts.
 UNION_PARTS = ("task_embedding", "control_add_embedding.", "transformer_layes.", "spatial_ch_projs.")
 
@@ -49,6 +54,10 @@ def load_control(path: Path, base_unet=None):
     if any(k.startswith("control_model.") for k in state):
         state = {k[len("control_model."):]: v for k, v in state.items() if k.startswith("control_model.")}
     found = kind or _layout_kind(state, path)
+    if found == FLUX_CONTROLNET:
+        return flux_controlnet(state, config, path), FLUX_CONTROLNET, "flux"
+    if found == SD3_CONTROLNET:
+        return sd3_controlnet(state, config, path), SD3_CONTROLNET, "sd3"
     if found == CONTROL_LORA:
         lora = ControlLora.read(state, path.name)
         return lora, CONTROL_LORA, lora.family
@@ -70,15 +79,21 @@ def _given_config(path: Path, meta: dict):
     if beside.is_file():
         config = json.loads(beside.read_text())
         name = str(config.get("_class_name", ""))
-        if name in ("ControlNetModel", "ControlNetUnionModel", "T2IAdapter"):
-            return config, ADAPTER if name == "T2IAdapter" else CONTROLNET
-        raise CheckpointError(f"{path.name}: the config.json beside it describes a {name or 'model'}, "
-                              "not a ControlNet (ControlNetModel, ControlNetUnionModel) or T2I-Adapter")
+        kinds = {"T2IAdapter": ADAPTER, "FluxControlNetModel": FLUX_CONTROLNET, "SD3ControlNetModel": SD3_CONTROLNET}
+        if name in ("ControlNetModel", "ControlNetUnionModel", *kinds):
+            return config, kinds.get(name, CONTROLNET)
+        raise CheckpointError(f"{path.name}: the config.json beside it describes a {name or 'model'}, not a "
+                              "ControlNet (ControlNetModel, ControlNetUnionModel, FluxControlNetModel, "
+                              "SD3ControlNetModel) or T2I-Adapter")
     return None, None
 
 
 def _layout_kind(state: dict, path: Path) -> str:
     keys = state.keys()
+    if "controlnet_x_embedder.weight" in keys and "x_embedder.weight" in keys:
+        return FLUX_CONTROLNET
+    if "pos_embed_input.proj.weight" in keys and "controlnet_blocks.0.weight" in keys:
+        return SD3_CONTROLNET
     if "lora_controlnet" in keys:
         return CONTROL_LORA
     if any(k.startswith("adapter.") for k in keys) or ("conv_in.weight" in keys and "body.0.block1.weight" in keys):
@@ -88,8 +103,8 @@ def _layout_kind(state: dict, path: Path) -> str:
     if any(k.startswith(("body.0.", "adapter.body.")) for k in keys):
         raise CheckpointError(f"{path.name} is a T2I-Adapter of a kind genloom does not read yet "
                               "(light or style adapter)")
-    raise CheckpointError(f"{path.name} is not a ControlNet or T2I-Adapter of SD1/SD2/SDXL (SD3 and Flux "
-                          "ControlNets are not supported yet)")
+    raise CheckpointError(f"{path.name} is not a ControlNet or T2I-Adapter of SD1/SD2/SDXL, nor a Flux or "
+                          "SD3 ControlNet in diffusers layout")
 
 
 # -- ControlNets -------------------------------------------------------------------------------
@@ -207,6 +222,78 @@ def _finish(cfg: dict, depth: list, shapes: dict, hint_channels: list, hint_in: 
         out.update(addition_embed_type="text_time", addition_time_embed_dim=256,
                    projection_class_embeddings_input_dim=cfg["label"][1])
     return out
+
+
+# -- Flux and SD3 ControlNets ---------------------------------------------------------------------------
+
+def flux_controlnet(state: dict, config, path: Path):
+    """diffusers' FluxControlNetModel (InstantX / Shakker-Labs files), its config from config.json or
+    the shapes: width from x_embedder, head size from the q norm, depth from the block indices."""
+    from diffusers import FluxControlNetModel
+
+    from .families.flux import rope_axes
+
+    if any(k.startswith("input_hint_block.") for k in state):
+        raise CheckpointError(f"{path.name}: Flux ControlNets with a pixel hint encoder (input_hint_block, "
+                              "XLabs-style) are not supported yet; InstantX-style ones (latent hints) are")
+    if config is None:
+        shapes = {k: list(v.shape) for k, v in state.items()}
+        try:
+            width, in_channels = shapes["x_embedder.weight"]
+            head = shapes[_first_key(shapes, r"(single_)?transformer_blocks\.0\.attn\.norm_q\.weight")][0]
+            config = {"in_channels": in_channels, "num_attention_heads": width // head,
+                      "attention_head_dim": head, "axes_dims_rope": list(rope_axes(head)),
+                      "num_layers": _count(shapes, r"transformer_blocks\.(\d+)\."),
+                      "num_single_layers": _count(shapes, r"single_transformer_blocks\.(\d+)\."),
+                      "joint_attention_dim": shapes["context_embedder.weight"][1],
+                      "pooled_projection_dim": shapes["time_text_embed.text_embedder.linear_1.weight"][1],
+                      "guidance_embeds": "time_text_embed.guidance_embedder.linear_1.weight" in shapes,
+                      "num_mode": (shapes.get("controlnet_mode_embedder.weight") or [None])[0]}
+        except (KeyError, StopIteration) as exc:
+            raise CheckpointError(f"{path.name}: Flux ControlNet weights of a shape genloom cannot read a "
+                                  f"configuration from (no {exc}); put its config.json beside it") from None
+    config = {k: v for k, v in config.items() if not k.startswith("_") and k != "patch_size"}
+    if config.get("num_mode"):
+        raise CheckpointError(f"{path.name} is a Flux union ControlNet (several hint kinds): not supported yet")
+    return build_module(FluxControlNetModel, config, state, "Flux ControlNet")
+
+
+def sd3_controlnet(state: dict, config, path: Path):
+    """diffusers' SD3ControlNetModel (InstantX's SD3 ControlNets), its config from config.json or the
+    shapes, with the conventions of the family's own reader: 64-wide heads unless a qk-norm says
+    otherwise, InstantX's zeroed pooled text. SD3.5's official ControlNets (no text, no position
+    embedding of their own) are refused."""
+    from diffusers import SD3ControlNetModel
+
+    if config is None:
+        shapes = {k: list(v.shape) for k, v in state.items()}
+        try:
+            width, in_channels, patch, _ = shapes["pos_embed.proj.weight"]
+            caption, joint = shapes["context_embedder.weight"]
+            head = (shapes.get("transformer_blocks.0.attn.norm_q.weight") or [64])[0]
+            config = {"patch_size": patch, "in_channels": in_channels, "out_channels": in_channels,
+                      "num_layers": _count(shapes, r"transformer_blocks\.(\d+)\."),
+                      "attention_head_dim": head, "num_attention_heads": width // head,
+                      "joint_attention_dim": joint, "caption_projection_dim": caption,
+                      "pooled_projection_dim": shapes["time_text_embed.text_embedder.linear_1.weight"][1],
+                      "pos_embed_max_size": round(shapes["pos_embed.pos_embed"][1] ** 0.5),
+                      "extra_conditioning_channels": shapes["pos_embed_input.proj.weight"][1] - in_channels,
+                      "dual_attention_layers": sorted(int(m.group(1)) for k in shapes
+                                                      if (m := re.fullmatch(r"transformer_blocks\.(\d+)\.attn2\.to_q\.weight", k))),
+                      "qk_norm": "rms_norm" if "transformer_blocks.0.attn.norm_q.weight" in shapes else None}
+        except KeyError as exc:
+            raise CheckpointError(f"{path.name}: SD3 ControlNet weights of a shape genloom cannot read a "
+                                  f"configuration from (no {exc}); put its config.json beside it") from None
+    config = {k: v for k, v in config.items() if not k.startswith("_")}
+    if config.get("use_pos_embed") is False or config.get("joint_attention_dim", 0) is None:
+        raise CheckpointError(f"{path.name}: SD3.5's ControlNets without text input or position embedding "
+                              "are not supported yet (InstantX-style SD3 ControlNets are)")
+    return build_module(SD3ControlNetModel, config, state, "SD3 ControlNet")
+
+
+def _first_key(shapes: dict, pattern: str) -> str:
+    rx = re.compile(pattern)
+    return next(k for k in sorted(shapes) if rx.fullmatch(k))
 
 
 # -- control-LoRAs ----------------------------------------------------------------------------

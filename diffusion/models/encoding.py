@@ -256,53 +256,75 @@ def t5_windows(tokenizer, groups: list[list[tuple]], min_length: int) -> list[li
     return [row + [(tokenizer.pad_token_id, 1.0)] * (min_length - len(row))]
 
 
-def encode_t5(clip, parts: dict, text: str | None, min_length: int, lookup):
-    """T5's last hidden state [1, T, D]; None text: the end token alone (no tokens)."""
+def split_windows(clip, texts: dict, lookup) -> dict:
+    """{role: windows} of one prompt per role as SD3 and Flux take them (clip.tokenize's tokens):
+    CLIP windows of 77, T5's one sequence padded to the family's minimum. A None text is no
+    tokens (None); a text for an encoder the CLIP lacks is [] (given: SD3 still builds its CLIP
+    part, with zeros for the missing encoder)."""
+    parts = _parts(clip)
+    out = {}
+    for role, text in texts.items():
+        if text is None or role not in parts:
+            out[role] = None if text is None else []
+            continue
+        tok, enc = parts[role]
+        if role == "t5xxl":
+            groups = _groups(tok, text, lookup, role, enc.get_input_embeddings().embedding_dim)
+            out[role] = t5_windows(tok, groups, T5_MIN_TOKENS[clip.kind])
+        else:
+            out[role] = prompt_windows(tok, enc, text, lookup, role)
+    return out
+
+
+def encode_t5(clip, parts: dict, windows: list | None, lookup):
+    """T5's last hidden state [1, T, D] of its windows (all of one length); None or []: the end
+    token alone (no tokens)."""
     tok, enc = parts["t5xxl"]
-    width = enc.get_input_embeddings().embedding_dim
-    groups = [] if text is None else _groups(tok, text, lookup, "t5xxl", width)
-    windows = t5_windows(tok, groups, min_length if text is not None else 1)
+    windows = windows or t5_windows(tok, [], 1)
     empty = t5_windows(tok, [], len(windows[0]))
     return _encode_rows(clip, "t5xxl", tok, enc, windows, empty, lookup, lambda _e, out: (out[0], None))[0]
 
 
-def encode_clips(clip, parts: dict, texts: dict, roles: tuple, lookup):
+def encode_clips(clip, parts: dict, windows: dict, roles: tuple, lookup):
     """CLIP-L / CLIP-G windows as SD3 and Flux take them: penultimate layer without the final norm
     (one more per CLIPSetLastLayer step, as for SDXL), pooled output unprojected for CLIP-L (loaded
-    without projection) and projected for CLIP-G (loaded with it); the encoder with fewer windows
-    gets empty ones. -> ({role: hidden [1, T, D]}, {role: pooled [1, P]}) for the roles present."""
+    without projection) and projected for CLIP-G (loaded with it); an encoder with fewer windows
+    (None: none) gets empty ones, at least one. -> ({role: hidden [1, T, D]}, {role: pooled [1, P]})
+    for the roles present."""
     present = [r for r in roles if r in parts]
     stop = int(clip.stop_at_layer)  # -1 (unset): the penultimate layer; CLIPSetLastLayer -2: one earlier
-    windows, empties = {}, {}
-    for role in present:
-        tok, enc = parts[role]
-        text = texts.get(role)
-        windows[role] = prompt_windows(tok, enc, "" if text is None else text, lookup, role)
-        empties[role] = prompt_windows(tok, enc, "", lookup)
-    n = max((len(w) for w in windows.values()), default=0)
+    empties = {role: prompt_windows(*parts[role], "", lookup) for role in present}
+    n = max([1] + [len(windows.get(role) or ()) for role in present])
     hidden, pooled = {}, {}
     for role in present:
         tok, enc = parts[role]
-        windows[role].extend(empties[role] * (n - len(windows[role])))
+        rows = list(windows.get(role) or ())
+        rows.extend(empties[role] * (n - len(rows)))
 
         def pick(_enc, out):  # CLIPTextModelWithProjection (CLIP-G) gives text_embeds
             projected = getattr(out, "text_embeds", None)
             return out.hidden_states[stop - 1], (out.pooler_output if projected is None else projected)
-        hidden[role], pooled[role] = _encode_rows(clip, role, tok, enc, windows[role], empties[role],
-                                                  lookup, pick)
+        hidden[role], pooled[role] = _encode_rows(clip, role, tok, enc, rows, empties[role], lookup, pick)
     return hidden, pooled
 
 
 def encode_sd3(clip, texts: dict):
-    """SD3's conditioning as ComfyUI builds it: [CLIP-L | CLIP-G] (zeros for a missing one) padded
-    to T5's width, then T5's 77+ tokens along the token axis; pooled = [CLIP-L | CLIP-G]."""
+    """SD3 from one prompt per role (None: no tokens): see encode_sd3_windows."""
+    lookup = EmbeddingLookup()
+    return encode_sd3_windows(clip, split_windows(clip, texts, lookup), lookup)
+
+
+def encode_sd3_windows(clip, windows: dict, lookup):
+    """SD3's conditioning as ComfyUI builds it from {role: windows}: [CLIP-L | CLIP-G] (zeros for a
+    missing one) padded to T5's width when either has tokens, then T5's 77+ tokens along the token
+    axis; pooled = [CLIP-L | CLIP-G] (zeros without CLIP tokens)."""
     import torch
 
-    parts, lookup = _parts(clip), EmbeddingLookup()
+    parts = _parts(clip)
     out = lg = None
     pooled = torch.zeros(1, _width(parts, "clip_l") + _width(parts, "clip_g"))
-    if texts.get("clip_l") is not None or texts.get("clip_g") is not None:
-        hidden, pools = encode_clips(clip, parts, texts, ("clip_l", "clip_g"), lookup)
+    if windows.get("clip_l") is not None or windows.get("clip_g") is not None:
+        hidden, pools = encode_clips(clip, parts, windows, ("clip_l", "clip_g"), lookup)
         pooled = torch.cat([pools.get(r, torch.zeros(1, _width(parts, r))) for r in ("clip_l", "clip_g")], -1)
         if hidden:
             tokens = next(iter(hidden.values())).shape[1]
@@ -311,7 +333,7 @@ def encode_sd3(clip, texts: dict):
             lg = torch.nn.functional.pad(lg, (0, _width(parts, "t5xxl") - lg.shape[-1]))
             out = lg
     if "t5xxl" in parts:
-        t5 = encode_t5(clip, parts, texts.get("t5xxl"), T5_MIN_TOKENS["sd3"], lookup)
+        t5 = encode_t5(clip, parts, windows.get("t5xxl"), lookup)
         out = t5 if lg is None else torch.cat([lg, t5], dim=-2)
     if out is None:
         out = torch.zeros(1, 77, _width(parts, "t5xxl"))
@@ -319,13 +341,22 @@ def encode_sd3(clip, texts: dict):
 
 
 def encode_flux(clip, texts: dict):
-    """Flux.1's conditioning as ComfyUI builds it: T5's last hidden state over 256+ tokens; pooled =
-    CLIP-L's pooled output of its first window (CLIP-L's hidden states are not used)."""
-    parts, lookup = _parts(clip), EmbeddingLookup()
-    _hidden, pools = encode_clips(clip, parts, texts, ("clip_l",), lookup)
-    return encode_t5(clip, parts, texts.get("t5xxl"), T5_MIN_TOKENS["flux"], lookup), pools["clip_l"]
+    """Flux.1 from one prompt per role (None: no tokens): see encode_flux_windows."""
+    lookup = EmbeddingLookup()
+    return encode_flux_windows(clip, split_windows(clip, texts, lookup), lookup)
+
+
+def encode_flux_windows(clip, windows: dict, lookup):
+    """Flux.1's conditioning as ComfyUI builds it from {role: windows}: T5's last hidden state over
+    256+ tokens; pooled = CLIP-L's pooled output of its first window (CLIP-L's hidden states are
+    not used)."""
+    parts = _parts(clip)
+    _hidden, pools = encode_clips(clip, parts, windows, ("clip_l",), lookup)
+    return encode_t5(clip, parts, windows.get("t5xxl"), lookup), pools["clip_l"]
 
 
 # kind -> encode(clip, {role: text or None}) -> (cond [1, T, D], pooled [1, P])
 FAMILY_ENCODERS = {"sd3": encode_sd3, "flux": encode_flux, "qwen_image": encode_qwen_image,
                    "z_image": encode_z_image}
+# kind -> encode(clip, {role: windows or None}, lookup): the same from tokens (clip.tokenize's, or a pack's)
+WINDOW_ENCODERS = {"sd3": encode_sd3_windows, "flux": encode_flux_windows}

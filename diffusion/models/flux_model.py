@@ -9,6 +9,10 @@ FluxPipeline / FluxKontextPipeline and the behaviour of ComfyUI's Flux model:
   guidance      dev only: CONDITIONING's "guidance" (FluxGuidance; 3.5 when unset, as ComfyUI);
                 FluxDisableGuidance's None leaves the guidance embedding out of the sum
   pooled        CONDITIONING's "pooled_output" (CLIP-L)
+  attention     CONDITIONING's "attention_mask" [B, text + cells, text + cells] (StyleModelApply's
+                attn_bias), additive, over [text, image]: its image part, `attention_mask_img_shape`
+                cells, is stretched bilinearly to the image tokens as ComfyUI does (-inf kept finite,
+                -1e4); reference tokens get no bias
   references    Kontext: each "reference_latents" entry (raw VAE latents, put into the model's
                 latent format) is packed the same way and appended after the image tokens, with
                 index and offsets as ComfyUI's reference_latents_method says ("offset", the
@@ -22,6 +26,7 @@ timestep = sigma.
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
@@ -67,13 +72,15 @@ class FluxHandle(ModelHandle):
         from genloom.diffusion.errors import SamplingError
         from genloom.diffusion.sampling import latent_formats
 
-        if extra.get("control") is not None:
-            raise SamplingError("ControlNets on Flux models are not supported yet")
         pooled = extra.get("pooled_output")
         if pooled is None:
             raise SamplingError("a Flux model needs the CLIP-L pooled output (pooled_output) in its "
                                 "conditioning: encode the prompt with a flux-type CLIP")
         out = {"pooled": pooled}
+        if extra.get("control") is not None:  # a ControlNet chain (genloom.diffusion.controlnet.Control)
+            if extra.get("reference_latents"):
+                raise SamplingError("ControlNets together with Kontext reference images are not supported yet")
+            out["control"] = extra["control"]
         guidance = extra.get("guidance", DEFAULT_GUIDANCE)
         if self.is_dev and guidance is not None:
             out["guidance"] = torch.full((pooled.shape[0],), float(guidance), dtype=torch.float32)
@@ -86,13 +93,18 @@ class FluxHandle(ModelHandle):
             if method not in REF_METHODS:
                 raise SamplingError(f"reference_latents_method {method!r} is not one of {REF_METHODS}")
             out["reference_method"] = method
+        mask = extra.get("attention_mask")
+        if mask is not None:
+            tokens = (math.ceil(height / self.vae_scale_factor / 2), math.ceil(width / self.vae_scale_factor / 2))
+            out["attention_mask"] = dit_mask(mask, extra.get("attention_mask_img_shape", (1, 1)), tokens)
         return out
 
     def predict(self, unet, x, t, emb, extras: dict):
         import torch
+        import torch.nn.functional as F
 
         b, _c, h, w = x.shape
-        x = _pad_even(x)
+        latent, x = x, _pad_even(x)
         hp, wp = x.shape[-2] // 2, x.shape[-1] // 2
         tokens, ids = [pack(x)], [position_ids(hp, wp, 0, 0, 0, x.device)]
         refs = [extras[k] for k in sorted((k for k in extras if k.startswith("ref_")), key=lambda k: int(k[4:]))]
@@ -107,13 +119,43 @@ class FluxHandle(ModelHandle):
         timestep = t.reshape(-1).expand(b) if t.numel() == 1 else t
         guidance = extras.get("guidance")
         without = self.is_dev and guidance is None
+        attention = {}
+        if extras.get("attention_mask") is not None:  # reference tokens, after the image's: no bias
+            mask = extras["attention_mask"].to(x.dtype)
+            extra_tokens = emb.shape[1] + img.shape[1] - mask.shape[-1]
+            mask = F.pad(mask, (0, extra_tokens, 0, extra_tokens))[:, None]
+            attention["joint_attention_kwargs"] = {"attention_mask": mask}
+        call = dict(hidden_states=img, encoder_hidden_states=emb, pooled_projections=extras["pooled"],
+                    timestep=timestep.to(x.dtype), img_ids=img_ids, txt_ids=txt_ids, **attention)
+        if extras.get("control") is not None:  # its block residuals, from the same inputs
+            call.update(extras["control"].flux_inputs(self, latent, {**call, "guidance": guidance}))
         with _no_guidance(unet) if without else nullcontext():
-            out = unet(hidden_states=img, encoder_hidden_states=emb, pooled_projections=extras["pooled"],
-                       timestep=timestep.to(x.dtype), img_ids=img_ids, txt_ids=txt_ids,
-                       guidance=(torch.zeros(b, device=x.device) if without else guidance),
+            out = unet(**call, guidance=(torch.zeros(b, device=x.device) if without else guidance),
                        return_dict=False)[0]
         out = out[:, : hp * wp]
         return unpack(out, hp, wp)[:, :, :h, :w]
+
+
+def dit_mask(mask, cells: tuple, tokens: tuple):
+    """A [B, T + h*w, T + h*w] joint mask over `cells` = (h, w) image cells -> over `tokens` image
+    tokens: each image part stretched bilinearly along its image axes (ComfyUI's upscale_dit_mask)."""
+    import torch
+    import torch.nn.functional as F
+
+    mask = mask.float().clamp_min(-1e4)
+    (hi, wi), (ho, wo) = (int(cells[0]), int(cells[1])), (int(tokens[0]), int(tokens[1]))
+    if (hi, wi) == (ho, wo):
+        return mask
+    b, t = mask.shape[0], mask.shape[1] - hi * wi
+
+    def stretch(part):  # [B, n, hi*wi] -> [B, n, ho*wo]
+        n = part.shape[1]
+        return F.interpolate(part.reshape(b, n, hi, wi), size=(ho, wo), mode="bilinear").reshape(b, n, ho * wo)
+
+    txt_img = stretch(mask[:, :t, t:])
+    img_txt = stretch(mask[:, t:, :t].transpose(1, 2)).transpose(1, 2)
+    img_img = stretch(stretch(mask[:, t:, t:]).transpose(1, 2)).transpose(1, 2)  # keys, then queries
+    return torch.cat([torch.cat([mask[:, :t, :t], txt_img], 2), torch.cat([img_txt, img_img], 2)], 1)
 
 
 def pack(x):

@@ -46,6 +46,8 @@ def unet_map(cfg: dict) -> dict[str, str]:
     m = {"time_embedding.linear_1.": "time_embed.0.", "time_embedding.linear_2.": "time_embed.2.",
          "add_embedding.linear_1.": "label_emb.0.0.", "add_embedding.linear_2.": "label_emb.0.2.",
          "conv_in.": "input_blocks.0.0.", "conv_norm_out.": "out.0.", "conv_out.": "out.2."}
+    if cfg.get("class_embed_type") == "projection":  # SD2 unCLIP: the image-embedding (ADM) input
+        m.update({"class_embedding.linear_1.": "label_emb.0.0.", "class_embedding.linear_2.": "label_emb.0.2."})
     layers = _per_block(cfg.get("layers_per_block", 2), len(down))
     idx = 1
     for i, kind in enumerate(down):

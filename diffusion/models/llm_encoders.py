@@ -12,7 +12,9 @@ metadata (tiny test models).
 Tokenizer: not in the weights file. Qwen2.5-VL and Qwen3 share one byte-level BPE vocabulary (ComfyUI
 ships it as `qwen25_tokenizer`): genloom reads Qwen's tokenizer files (tokenizer.json, or vocab.json +
 merges.txt, with tokenizer_config.json) from a folder next to the model file, `<file stem>_tokenizer/`
-or `qwen25_tokenizer/`, or one level up (the models folder); without one, loading fails naming it.
+or `qwen25_tokenizer/`, or one level up (the models folder), else its own copy
+(`diffusion/configs/qwen25_tokenizer/`, Apache-2.0, see the README there). A model whose token table
+is smaller than the tokenizer (a test model with its own vocabulary) is refused naming the folder.
 
 Encoding (what CLIPTextEncode gets from these encoders): llm_encoding.py.
 """
@@ -28,8 +30,11 @@ from genloom.diffusion.errors import CheckpointError
 from .weights import dequantize, read_state_dict, stored_dtype
 
 TOKENIZER_DIRS = ("{stem}_tokenizer", "qwen25_tokenizer")
+SHIPPED_TOKENIZER = Path(__file__).resolve().parent.parent / "configs" / "qwen25_tokenizer"
 # CLIPLoader type -> (CLIP kind, the LLM the type takes, its ComfyUI key name)
 CLIP_TYPES = {"qwen_image": ("qwen_image", "qwen25_vl", "qwen25_7b"), "lumina2": ("z_image", "qwen3", "qwen3_4b")}
+# type flux2 (Flux.2: Klein's Qwen3, dev's Mistral 3) is loaded by flux2_text.py (text_encoders.py calls it)
+CLIP_TYPES["flux2"] = ("flux2", "qwen3", "qwen3_4b")
 _EMBED = "model.embed_tokens.weight"
 _Q = "model.layers.0.self_attn.q_proj.weight"
 
@@ -47,7 +52,7 @@ def _text_keys(state: dict) -> dict:
 
 
 def detect(shapes: dict) -> str | None:
-    """'qwen25_vl' (Qwen2.5 / Qwen2.5-VL: q/k/v biases), 'qwen3' (q/k norms), or None."""
+    """'qwen25_vl' (Qwen2.5 / Qwen2.5-VL: q/k/v biases), 'qwen3' (q/k norms), 'mistral3', or None."""
     shapes = _text_keys(shapes)
     if _EMBED not in shapes or _Q not in shapes:
         return None
@@ -55,6 +60,8 @@ def detect(shapes: dict) -> str | None:
         return "qwen3"
     if "model.layers.0.self_attn.q_proj.bias" in shapes:
         return "qwen25_vl"
+    if "tekken_model" in shapes:  # Mistral 3 with its tokenizer inside (Flux.2 dev's, flux2_text.py)
+        return "mistral3"
     return None
 
 
@@ -97,8 +104,9 @@ def build(state: dict, name: str, config: dict | None = None):
     state = _text_keys({k: v for k, v in state.items() if not k.endswith("position_ids")})
     shapes = {k: tuple(v.shape) for k, v in state.items()}
     family = detect(shapes)
-    if family is None:
-        raise CheckpointError(f"{name}: not a Qwen2.5-VL or Qwen3 language model")
+    if family in (None, "mistral3"):
+        raise CheckpointError(f"{name}: not a Qwen2.5-VL or Qwen3 language model"
+                              + (" (a Mistral 3 one: load it with type flux2)" if family else ""))
     config = config or config_from_shapes(shapes, family)
     dtype = load_dtype(stored_dtype(state))
     state = dequantize(state, dtype)
@@ -130,20 +138,23 @@ def _rotary_tables(module) -> None:
         setattr(module.get_submodule(parent) if parent else module, leaf, fresh)
 
 
-def find_tokenizer(path: Path):
-    """Qwen's tokenizer from a folder next to the model file (or in the folder above)."""
+def find_tokenizer(path: Path, vocab_size: int | None = None):
+    """Qwen's tokenizer from a folder next to the model file (or in the folder above), else the shipped
+    copy; `vocab_size` (the model's token table) must hold every id the tokenizer can give."""
     from transformers import Qwen2Tokenizer
 
     path = Path(path)
     names = [n.format(stem=path.stem) for n in TOKENIZER_DIRS]
-    for root in (path.parent, path.parent.parent):
-        for name in names:
-            folder = root / name
-            if (folder / "tokenizer.json").is_file() or (folder / "vocab.json").is_file():
-                return Qwen2Tokenizer.from_pretrained(str(folder), local_files_only=True)
-    raise CheckpointError(f"{path.name}: no Qwen tokenizer found; put Qwen's tokenizer files (tokenizer.json "
-                          f"or vocab.json + merges.txt, and tokenizer_config.json) in {path.parent / names[1]}/ "
-                          f"(Qwen2.5-VL and Qwen3 share it)")
+    found = [root / name for root in (path.parent, path.parent.parent) for name in names
+             if (root / name / "tokenizer.json").is_file() or (root / name / "vocab.json").is_file()]
+    folder = found[0] if found else SHIPPED_TOKENIZER
+    tokenizer = Qwen2Tokenizer.from_pretrained(str(folder), local_files_only=True)
+    if vocab_size is not None and len(tokenizer) > vocab_size:
+        raise CheckpointError(f"{path.name}: its token table has {vocab_size} entries, fewer than the Qwen "
+                              f"tokenizer in {folder} ({len(tokenizer)}); put this model's own tokenizer files "
+                              f"(tokenizer.json or vocab.json + merges.txt, and tokenizer_config.json) in "
+                              f"{path.parent / names[1]}/")
+    return tokenizer
 
 
 def refuse_for(paths: list, clip_type: str) -> None:
@@ -154,6 +165,9 @@ def refuse_for(paths: list, clip_type: str) -> None:
         if Path(path).suffix.lower() not in (".safetensors", ".sft"):
             continue
         family = detect(read_header(Path(path))[0])
+        if family == "mistral3":
+            raise CheckpointError(f"{Path(path).name} is a Mistral 3 language model (Flux.2 dev's text encoder): "
+                                  f"load it with type flux2, not {clip_type}")
         if family is not None:
             takes = [t for t, (_kind, wants, _role) in CLIP_TYPES.items() if wants == family]
             raise CheckpointError(f"{Path(path).name} is a {'Qwen2.5-VL' if family == 'qwen25_vl' else 'Qwen3'} "
@@ -174,5 +188,6 @@ def load_clip(paths: list, clip_type: str, device: str | None = None):
     if family != wants:
         names = {"qwen25_vl": "a Qwen2.5-VL", "qwen3": "a Qwen3"}
         raise CheckpointError(f"type {clip_type} takes {names[wants]} text encoder; {path.name} is {names[family]}")
-    return ClipHandle(tokenizers=(find_tokenizer(path),), text_encoders=(module,), kind=kind, name=path.stem,
+    tokenizer = find_tokenizer(path, module.get_input_embeddings().num_embeddings)
+    return ClipHandle(tokenizers=(tokenizer,), text_encoders=(module,), kind=kind, name=path.stem,
                       roles=(role,), device=device)

@@ -146,10 +146,13 @@ def assemble(unet, vae, encoders, tokenizers, scheduler_config: dict, name: str)
     if unet is not None:
         vae_scale = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 8
         sched = dict(scheduler_config)
-        model = ModelHandle(unet=unet, scheduler_config=sched, kind=kind,
-                            prediction_type=sched.get("prediction_type") or "epsilon",
-                            latent_channels=int(unet_cfg.get("out_channels", 4)), vae_scale_factor=vae_scale,
-                            name=name)
+        from .unclip_model import UnclipHandle, is_unclip_unet
+
+        handle = UnclipHandle if is_unclip_unet(unet) else ModelHandle  # SD2 unCLIP: image-embedding input
+        model = handle(unet=unet, scheduler_config=sched, kind=kind,
+                       prediction_type=sched.get("prediction_type") or "epsilon",
+                       latent_channels=int(unet_cfg.get("out_channels", 4)), vae_scale_factor=vae_scale,
+                       name=name)
     if encoders:
         clip = ClipHandle(tokenizers=tuple(tokenizers), text_encoders=tuple(encoders), kind=kind, name=name)
     if vae is not None:

@@ -93,6 +93,9 @@ def _fit_to_weights(configs: dict, state: dict) -> None:
     w = state.get("first_stage_model.quant_conv.weight")
     if w is not None:
         configs["vae"]["latent_channels"] = int(w.shape[0]) // 2
+    w = state.get("model.diffusion_model.label_emb.0.0.weight")
+    if w is not None and "addition_embed_type" not in configs["unet"]:  # SD2 unCLIP (unclip_model.py)
+        configs["unet"].update(class_embed_type="projection", projection_class_embeddings_input_dim=int(w.shape[1]))
 
 
 def _stored_tokenizers(meta: dict, kind: str, configs: dict) -> list:
@@ -129,8 +132,14 @@ def split_components(state: dict, kind: str, configs: dict) -> dict:
 
 def load_single_file(path: Path) -> Bundle:
     state, meta = read_state_dict(path)
+    return bundle_from_state(state, meta, Path(path).stem)
+
+
+def bundle_from_state(state: dict, meta: dict, name: str) -> Bundle:
+    """A single file's tensors and metadata -> its handles (what unCLIPCheckpointLoader shares with
+    CheckpointLoaderSimple, reading the file once)."""
     if "genloom.configs" not in meta and detect_kind(state) == "dit":
-        return load_transformer_checkpoint(state, Path(path).stem)
+        return load_transformer_checkpoint(state, name)
     if "genloom.configs" in meta:
         kind = meta.get("genloom.kind", "sd1")
         configs = json.loads(meta["genloom.configs"])
@@ -140,8 +149,7 @@ def load_single_file(path: Path) -> Bundle:
         _fit_to_weights(configs, state)
     tokenizers = _stored_tokenizers(meta, kind, configs)
     components = split_components(state, kind, configs)
-    del state
-    return handles_from_components(components, configs, tokenizers, Path(path).stem)
+    return handles_from_components(components, configs, tokenizers, name)
 
 
 def load_transformer_checkpoint(state: dict, name: str) -> Bundle:
@@ -206,14 +214,12 @@ def vae_from_state(state: dict, name: str) -> Bundle:
     16-channel VAEs (SD3's, Flux's `ae`) get their config from their shapes, every key accounted for."""
     state = {k[len("first_stage_model."):]: v for k, v in state.items() if k.startswith("first_stage_model.")} \
         or state
-    from . import wan_vae
-
-    if wan_vae.detect(state):  # Wan's video VAE (its own layout, 5-D latents)
-        return Bundle(None, None, wan_vae.build(state, name))
-    from . import wan_vae
+    from . import flux2_vae, wan_vae
 
     if wan_vae.detect(state):  # the Wan 2.1 VAE layout: Wan's, and Qwen-Image's (the same network)
         return Bundle(None, None, wan_vae.build(state, name))
+    if flux2_vae.detect(state):  # Flux.2's VAE: its batch-norm latent statistics inside
+        return Bundle(None, None, flux2_vae.build(state, name))
     conv_out = state.get("encoder.conv_out.weight")
     if conv_out is not None and int(conv_out.shape[0]) // 2 == 16:
         config = vae_config_from_shapes(state, name)

@@ -250,6 +250,10 @@ def clip_from_encoders(encoders: list[TextEncoder], clip_type: str, name: str, d
 def load_clip_files(paths: list, clip_type: str, device: str | None = None):
     """CLIPLoader & co.: text-encoder files -> one CLIP handle."""
     paths = [Path(p) for p in paths]
+    if clip_type == "flux2":  # Mistral 3 or Qwen3
+        from . import flux2_text
+
+        return flux2_text.load_clip(paths, device)
     if clip_type in llm_encoders.CLIP_TYPES:
         return llm_encoders.load_clip(paths, clip_type, device)
     llm_encoders.refuse_for(paths, clip_type)

@@ -34,7 +34,6 @@ WEIGHT_DTYPES = ("default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2")
 
 # Keys of families genloom recognises but cannot build (yet): said by name instead of "unknown".
 KNOWN_ELSEWHERE = {
-    "double_stream_modulation_img.lin.weight": "Flux.2",
     "distilled_guidance_layer.in_proj.weight": "Chroma",
     "cap_embedder.1.weight": "Lumina 2",
     "caption_projection.0.linear.weight": "HiDream",
@@ -67,9 +66,9 @@ class DiTHandle(ModelHandle):
 
 def families() -> list:
     """The family modules, in detection order."""
-    from . import flux, qwen_image, sd3, wan, z_image
+    from . import flux, flux2, qwen_image, sd3, wan, z_image
 
-    return [sd3, flux, wan, qwen_image, z_image]
+    return [sd3, flux, flux2, wan, qwen_image, z_image]
 
 
 def strip_prefix(state: dict) -> dict:

@@ -36,6 +36,7 @@ PATCH = 2
 SHIFT = 1.15
 SCHEDULER = {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": SHIFT}
 _KEYS = ("txt_norm.weight", "img_in.weight", "transformer_blocks.0.img_mod.1.weight")
+LAYERED_KEY = "time_text_embed.addition_t_embedding.weight"  # Qwen-Image-Layered: not supported yet
 
 
 def detect(shapes: dict) -> bool:
@@ -141,6 +142,9 @@ def build(state: dict, *, dtype, name: str) -> ModelHandle:
 
     from .wan import wan21_format
 
+    if LAYERED_KEY in state:
+        raise CheckpointError(f"{name} is a Qwen-Image-Layered transformer (its extra timestep condition "
+                              f"{LAYERED_KEY}); genloom does not run Qwen-Image-Layered yet")
     config = config_from_shapes({k: tuple(v.shape) for k, v in state.items()})
 
     def rope(module):  # the rotary tables are computed, not stored: built on the CPU

@@ -118,13 +118,18 @@ class SD3Handle(DiTHandle):
         if extra.get("pooled_output") is None:
             raise SamplingError("an SD3 model needs pooled text embeddings (pooled_output) in its "
                                 "conditioning: encode the prompt with an SD3 CLIP (TripleCLIPLoader)")
-        return {"pooled_projections": extra["pooled_output"]}
+        out = {"pooled_projections": extra["pooled_output"]}
+        if extra.get("control") is not None:  # a ControlNet chain (genloom.diffusion.controlnet.Control)
+            out["control"] = extra["control"]
+        return out
 
     def predict(self, transformer, x, t, emb, extras: dict):
         timestep = self.batch_timestep(t, x)
-        skip = {"skip_layers": list(self.skip_layers)} if self.skip_layers else {}
+        more = {"skip_layers": list(self.skip_layers)} if self.skip_layers else {}
+        if extras.get("control") is not None:  # its block residuals, from the same inputs
+            more.update(extras["control"].sd3_inputs(self, x, timestep, emb, extras["pooled_projections"]))
         return transformer(hidden_states=x, encoder_hidden_states=emb, timestep=timestep,
-                           pooled_projections=extras["pooled_projections"], return_dict=False, **skip)[0]
+                           pooled_projections=extras["pooled_projections"], return_dict=False, **more)[0]
 
 
 def skip_layer_guidance(model: SD3Handle, layers: tuple, scale: float, start_percent: float,
