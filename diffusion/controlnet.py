@@ -8,6 +8,9 @@ dict under "control"; a second apply node chains its Control to the one already 
 
     down/mid residuals    ControlNets: the network on (x, t, text embedding, hint), times strength
     intrablock residuals  T2I-Adapters: the adapter's features of the hint (computed once), times strength
+    block residuals       Flux / SD3 ControlNets (diffusers layout): the network on the transformer's
+                          inputs and the VAE-encoded hint, spread over the transformer's blocks
+                          (`flux_inputs`, `sd3_inputs`; docs/controlnet.md "Flux and SD3")
 
 summed over every Control of the chain that is live at the step's sigma (start/end percent through
 the model sampling's percent_to_sigma, as ComfyUI). Guidance knows that sigma and hands the handle a
@@ -148,9 +151,13 @@ class Control:
             elif guidance is None:
                 guidance = torch.zeros(x.shape[0], device=x.device)
             hint = pack(_pad_even(c._latent_hint(handle, x, shifted=True)))  # padded as the latent is
+            mode = {}
+            if net.config.num_mode:  # a union ControlNet: its mode is SetUnionControlNetType's number
+                (kind,) = c._union_types(net.config.num_mode)
+                mode["controlnet_mode"] = torch.full((x.shape[0], 1), kind, dtype=torch.long, device=x.device)
             with model_owner().memory.use(net, str(x.device), x.dtype, name="ControlNet") as net:
                 outs = net(**{**call, "guidance": guidance}, controlnet_cond=hint,
-                           conditioning_scale=float(c.strength), return_dict=False)
+                           conditioning_scale=float(c.strength), return_dict=False, **mode)
             for i, (samples, n) in enumerate(zip(outs, depth)):
                 if samples:
                     k = -(-n // len(samples))
@@ -243,15 +250,20 @@ class Control:
                             conditioning_scale=float(self.strength), return_dict=False, **kwargs)
         return list(down), mid
 
+    def _union_types(self, count: int) -> list:
+        """A union ControlNet's hint type ([number], SetUnionControlNetType's), one of its `count`."""
+        types = list(dict(self.model.extra).get("control_type") or [])
+        if len(types) != 1 or not 0 <= types[0] < count:
+            raise SamplingError(f"ControlNet {self.model.name!r} is a union ControlNet: set the kind of hint "
+                                "with SetUnionControlNetType (genloom does not guess it: 'auto' is not "
+                                "supported)")
+        return types
+
     def _union_inputs(self, net, hint) -> dict:
         """A union ControlNet's hint type (SetUnionControlNetType) as its one-hot control_type."""
         import torch
 
-        types = list(dict(self.model.extra).get("control_type") or [])
-        if len(types) != 1 or not 0 <= types[0] < net.config.num_control_type:
-            raise SamplingError(f"ControlNet {self.model.name!r} is a union ControlNet: set the kind of hint "
-                                "with SetUnionControlNetType (genloom does not guess it: 'auto' is not "
-                                "supported)")
+        types = self._union_types(net.config.num_control_type)
         control_type = torch.zeros(hint.shape[0], net.config.num_control_type, device=hint.device,
                                    dtype=hint.dtype)
         control_type[:, types[0]] = 1

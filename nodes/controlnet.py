@@ -140,8 +140,9 @@ class ControlNetApplySD3(Node):
 class ControlNetInpaintingAliMamaApply(Node):
     """Applies an inpainting ControlNet with the mask of the area to repaint.
 
-    AliMama's inpainting ControlNets (SD3, Flux) take the mask as an extra input; the SD/SDXL
-    ControlNets genloom loads take none, so for them this applies like Apply ControlNet."""
+    AliMama's inpainting ControlNets (SD3, Flux) take the mask as an extra input; genloom does not
+    load those yet and the ControlNets it loads take none, so for them this applies like Apply
+    ControlNet."""
 
     category = "conditioning/controlnet"
     inputs = [Input("positive", "CONDITIONING"), Input("negative", "CONDITIONING"),

@@ -21,8 +21,8 @@ Layouts read:
 The configuration comes from a config.json beside the weights, from genloom metadata
 ("genloom.configs": {"controlnet" | "t2i_adapter": config}), or else from the weights' shapes with the
 conventions of the released SD1/SD2/SDXL models (8 heads for SD1, 64-channel heads otherwise, SDXL's
-256-wide time-id embedding). Not read yet: the light/style adapters, SD3.5's official ControlNets, Flux
-union and XLabs-style Flux ControlNets; each is refused with a message saying so.
+256-wide time-id embedding). Not read yet: the light/style adapters, SD3.5's official ControlNets, XLabs-style
+Flux ControlNets, AliMama's inpainting ones; each is refused with a message saying so.
 """
 
 from __future__ import annotations
@@ -227,8 +227,9 @@ def _finish(cfg: dict, depth: list, shapes: dict, hint_channels: list, hint_in: 
 # -- Flux and SD3 ControlNets ---------------------------------------------------------------------------
 
 def flux_controlnet(state: dict, config, path: Path):
-    """diffusers' FluxControlNetModel (InstantX / Shakker-Labs files), its config from config.json or
-    the shapes: width from x_embedder, head size from the q norm, depth from the block indices."""
+    """diffusers' FluxControlNetModel (InstantX / Shakker-Labs files, union ones too), its config from
+    config.json or the shapes: width from x_embedder, head size from the q norm, depth from the block
+    indices, the number of union modes from controlnet_mode_embedder."""
     from diffusers import FluxControlNetModel
 
     from .families.flux import rope_axes
@@ -236,6 +237,10 @@ def flux_controlnet(state: dict, config, path: Path):
     if any(k.startswith("input_hint_block.") for k in state):
         raise CheckpointError(f"{path.name}: Flux ControlNets with a pixel hint encoder (input_hint_block, "
                               "XLabs-style) are not supported yet; InstantX-style ones (latent hints) are")
+    hint_in, latent_in = (state.get(k + ".weight") for k in ("controlnet_x_embedder", "x_embedder"))
+    if hint_in is not None and latent_in is not None and hint_in.shape[1] != latent_in.shape[1]:
+        raise CheckpointError(f"{path.name}: Flux ControlNets whose hint has extra channels (AliMama's "
+                              "inpainting ones: hint and mask) are not supported yet")
     if config is None:
         shapes = {k: list(v.shape) for k, v in state.items()}
         try:
@@ -253,8 +258,6 @@ def flux_controlnet(state: dict, config, path: Path):
             raise CheckpointError(f"{path.name}: Flux ControlNet weights of a shape genloom cannot read a "
                                   f"configuration from (no {exc}); put its config.json beside it") from None
     config = {k: v for k, v in config.items() if not k.startswith("_") and k != "patch_size"}
-    if config.get("num_mode"):
-        raise CheckpointError(f"{path.name} is a Flux union ControlNet (several hint kinds): not supported yet")
     return build_module(FluxControlNetModel, config, state, "Flux ControlNet")
 
 
@@ -285,6 +288,9 @@ def sd3_controlnet(state: dict, config, path: Path):
             raise CheckpointError(f"{path.name}: SD3 ControlNet weights of a shape genloom cannot read a "
                                   f"configuration from (no {exc}); put its config.json beside it") from None
     config = {k: v for k, v in config.items() if not k.startswith("_")}
+    if config.get("extra_conditioning_channels"):
+        raise CheckpointError(f"{path.name}: SD3 ControlNets whose hint has extra channels (AliMama's "
+                              "inpainting ones: hint and mask) are not supported yet")
     if config.get("use_pos_embed") is False or config.get("joint_attention_dim", 0) is None:
         raise CheckpointError(f"{path.name}: SD3.5's ControlNets without text input or position embedding "
                               "are not supported yet (InstantX-style SD3 ControlNets are)")

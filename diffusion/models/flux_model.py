@@ -17,6 +17,9 @@ FluxPipeline / FluxKontextPipeline and the behaviour of ComfyUI's Flux model:
                 latent format) is packed the same way and appended after the image tokens, with
                 index and offsets as ComfyUI's reference_latents_method says ("offset", the
                 default, "index", "uxo"); the network's output for them is dropped.
+  ControlNets   CONDITIONING's "control" chain (diffusion/controlnet.py flux_inputs): its block
+                residuals, from the transformer's own inputs, go in as controlnet_block_samples and
+                controlnet_single_block_samples; not together with Kontext references yet
 
 Half precision on accelerators is bfloat16 where available (ComfyUI's pick for Flux).
 Default model sampling (ComfyUI's supported_models): dev flux(mu=1.15) whatever the resolution
