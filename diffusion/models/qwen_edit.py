@@ -100,29 +100,40 @@ def encode(clip, prompt: str, images: list, template: str | None = None):
         text = (template or (EDIT_IMAGE_TEMPLATE if images else QWEN_IMAGE_TEMPLATE)).format(prompt)
     ids = tokenizer(text, add_special_tokens=False).input_ids
     cut = _template_end(tokenizer, ids)
-    pad = tokenizer.convert_tokens_to_ids("<|image_pad|>")
     with torch.no_grad(), model_owner().memory.use(clip.text_encoders[0], getattr(clip, "device", None)) as enc:
         model = enc.model
-        param = next(model.visual.parameters())
-        pictures = [vision_patches(image, model.visual.config) for image in images[:ids.count(pad)]]
-        merge = model.visual.config.spatial_merge_size ** 2
-        expanded, is_image, left = [], [], list(pictures)
-        for token in ids:
-            count = int(left.pop(0)[1].prod()) // merge if token == pad and left else 0
-            expanded += [token] * max(count, 1)
-            is_image += [1] * count if count else [0]
-        tokens = torch.tensor([expanded], device=param.device)
-        embeds = model.get_input_embeddings()(tokens)
-        positions = None
-        if pictures:
-            grid = torch.cat([g for _p, g in pictures]).to(param.device)
-            patches = torch.cat([p for p, _g in pictures]).to(param.device, param.dtype)
-            features = model.get_image_features(patches, image_grid_thw=grid, return_dict=True).pooler_output
-            mask = torch.tensor(is_image, device=param.device).bool()
-            embeds[0, mask] = torch.cat(features).to(embeds.dtype)
-            positions, _delta = model.get_rope_index(tokens, mm_token_type_ids=mask.int()[None], image_grid_thw=grid)
+        pad = tokenizer.convert_tokens_to_ids("<|image_pad|>")
+        _tokens, embeds, positions = vision_inputs(model, ids, images, pad)
         hidden = model.language_model(inputs_embeds=embeds, position_ids=positions).last_hidden_state
         return hidden[:, cut:].float().cpu()
+
+
+def vision_inputs(model, ids: list[int], images: list, pad: int):
+    """(token ids [1, T'], input embeddings [1, T', D], 3-D rotary positions [3, 1, T'] or None without a
+    picture) of `ids` with each `pad` (`<|image_pad|>`) that has a picture (in order) widened to its merged patch
+    tokens and those tokens' embeddings replaced by the vision tower's. `model` is a Qwen2_5_VLModel (the
+    encoder's `.model`); shared by the edit encoders and TextGenerate."""
+    import torch
+
+    param = next(model.visual.parameters())
+    pictures = [vision_patches(image, model.visual.config) for image in images[:ids.count(pad)]]
+    merge = model.visual.config.spatial_merge_size ** 2
+    expanded, is_image, left = [], [], list(pictures)
+    for token in ids:
+        count = int(left.pop(0)[1].prod()) // merge if token == pad and left else 0
+        expanded += [token] * max(count, 1)
+        is_image += [1] * count if count else [0]
+    tokens = torch.tensor([expanded], device=param.device)
+    embeds = model.get_input_embeddings()(tokens)
+    positions = None
+    if pictures:
+        grid = torch.cat([g for _p, g in pictures]).to(param.device)
+        patches = torch.cat([p for p, _g in pictures]).to(param.device, param.dtype)
+        features = model.get_image_features(patches, image_grid_thw=grid, return_dict=True).pooler_output
+        mask = torch.tensor(is_image, device=param.device).bool()
+        embeds[0, mask] = torch.cat(features).to(embeds.dtype)
+        positions, _delta = model.get_rope_index(tokens, mm_token_type_ids=mask.int()[None], image_grid_thw=grid)
+    return tokens, embeds, positions
 
 
 def _reference(vae, pixels):
