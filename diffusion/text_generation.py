@@ -36,6 +36,26 @@ def chat_prompt(tokenizer, prompt: str, system: str | None = None, thinking: boo
     return "\n".join(m["content"] for m in messages)
 
 
+def place_pictures(text: str, count: int, templated: bool) -> str:
+    """`text` with a Qwen2.5-VL vision block (`<|vision_start|><|image_pad|><|vision_end|>`) per picture,
+    where ComfyUI puts them: templated, all at the start of the user's words; a raw prompt keeps the
+    placeholders it has and gets the missing ones after its first vision block, else after its
+    `<|im_start|>user\n`, else at its start. More placeholders than pictures is an error."""
+    from genloom.diffusion.models.qwen_edit import VISION_TOKENS
+
+    if templated:
+        return VISION_TOKENS * count + text
+    have = text.count("<|image_pad|>")
+    if have > count:
+        raise ValueError(f"the prompt has {have} <|image_pad|> placeholders for {count} picture(s)")
+    missing = VISION_TOKENS * (count - have)
+    for mark in (VISION_TOKENS, "<|im_start|>user\n"):
+        if missing and mark in text:
+            at = text.index(mark) + len(mark)
+            return text[:at] + missing + text[at:]
+    return missing + text
+
+
 def split_thinking(text: str) -> tuple[str, str]:
     """(thinking, answer): what a reasoning model wrote between <think> and </think>, and after it."""
     if THINK_CLOSE not in text:
@@ -84,10 +104,13 @@ def next_token(logits, seen, sampling: Sampling | None, generator):
 
 
 def generate(model, input_ids, *, max_new_tokens: int, eos_ids: set[int], sampling: Sampling | None = None,
-             on_token: Callable[[int, int], None] | None = None) -> list[int]:
+             on_token: Callable[[int, int], None] | None = None, inputs_embeds=None, position_ids=None) -> list[int]:
     """New token ids after `input_ids` [1, T] until an end-of-sequence id or `max_new_tokens`.
 
-    `on_token(done, total)` is called after every token: progress, and the place an interrupt raises."""
+    `inputs_embeds` [1, T, D] and `position_ids` [3, 1, T] (a picture's vision tokens in place, Qwen2.5-VL's
+    3-D rotary positions) replace the prompt's own for the first pass; each new token then sits one past
+    the largest position, as transformers' rope deltas place it. `on_token(done, total)` is called after
+    every token: progress, and the place an interrupt raises."""
     import torch
 
     device = next(model.parameters()).device
@@ -98,14 +121,19 @@ def generate(model, input_ids, *, max_new_tokens: int, eos_ids: set[int], sampli
     if sampling is not None:
         generator = torch.Generator(device=device).manual_seed(int(sampling.seed) % (2 ** 63))
     out: list[int] = []
-    past, step_input = None, ids
+    past = None
+    step = {"input_ids": ids} if inputs_embeds is None else \
+        {"inputs_embeds": inputs_embeds, "position_ids": position_ids}
+    after = None if position_ids is None else int(position_ids.max()) + 1
     with torch.no_grad():
         for i in range(max_new_tokens):
-            result = model(input_ids=step_input, use_cache=True, **{cache_name: past})
+            result = model(use_cache=True, **step, **{cache_name: past})
             past = getattr(result, cache_name)
             token = next_token(result.logits[:, -1, :], ids, sampling, generator)
             ids = torch.cat([ids, token[:, None]], dim=-1)
-            step_input = token[:, None]
+            step = {"input_ids": token[:, None]}
+            if after is not None:
+                step["position_ids"] = torch.full((3, 1, 1), after + i, device=device)
             value = int(token[0])
             if on_token is not None:
                 on_token(i + 1, max_new_tokens)
@@ -116,17 +144,25 @@ def generate(model, input_ids, *, max_new_tokens: int, eos_ids: set[int], sampli
 
 
 def write(model, tokenizer, text: str, *, max_new_tokens: int, sampling: Sampling | None = None,
-          templated: bool = True, on_token: Callable[[int, int], None] | None = None) -> str:
+          templated: bool = True, on_token: Callable[[int, int], None] | None = None, images=()) -> str:
     """The text the model writes after `text` (already in its chat template when `templated`), on the
-    engine's device through the memory manager."""
+    engine's device through the memory manager. `images` (IMAGE tensors) fill the `<|image_pad|>` tokens
+    of `text` in order, through a Qwen2.5-VL model's vision tower (genloom.diffusion.models.qwen_edit)."""
     import torch
 
     from genloom.diffusion.models.owner import model_owner
 
     ids = tokenizer(text, return_tensors="pt", add_special_tokens=not templated).input_ids
     with torch.no_grad(), model_owner().memory.use(model) as live:
+        vision = {}
+        if images:
+            from genloom.diffusion.models.qwen_edit import vision_inputs
+
+            pad = tokenizer.convert_tokens_to_ids("<|image_pad|>")
+            ids, vision["inputs_embeds"], vision["position_ids"] = vision_inputs(live.model, ids[0].tolist(),
+                                                                                list(images), pad)
         new = generate(live, ids, max_new_tokens=max_new_tokens, sampling=sampling,
-                       eos_ids=eos_token_ids(live, tokenizer), on_token=on_token)
+                       eos_ids=eos_token_ids(live, tokenizer), on_token=on_token, **vision)
     return tokenizer.decode(new, skip_special_tokens=True)
 
 

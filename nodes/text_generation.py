@@ -22,7 +22,7 @@ _SAMPLING = {
 
 class TextGenerate(Node):
     """Writes text with the language model of the CLIP input, from the prompt (greedy when sampling
-    is off, else seeded sampling)."""
+    is off, else seeded sampling) and, on a Qwen2.5-VL encoder, the pictures of `image`."""
 
     category = "text"
     display_name = "Generate Text"
@@ -43,10 +43,21 @@ class TextGenerate(Node):
             thinking=False, use_default_template=True, **options):
         from genloom.diffusion import text_generation as lib
 
-        for name, value in (("image", image), ("video", video), ("audio", audio)):
+        for name, value in (("video", video), ("audio", audio)):
             if value is not None:
-                raise NodeInputError(name, f"genloom's TextGenerate reads text only; unlink {name}")
+                raise NodeInputError(name, f"genloom's TextGenerate reads text and pictures only; unlink {name}")
+        if image is not None and not any(getattr(getattr(m, "model", None), "visual", None) is not None
+                                         for m in getattr(clip, "text_encoders", ())):
+            raise NodeInputError("image", "this CLIP has no vision tower to read a picture with (Qwen3, CLIP and "
+                                          "T5 have none); load a Qwen2.5-VL encoder (CLIPLoader type qwen_image) "
+                                          "or unlink image")
         model, tokenizer = _language_model(clip)
+        pictures = [] if image is None else [image[i:i + 1] for i in range(image.shape[0])]
+        if pictures:
+            try:
+                prompt = lib.place_pictures(prompt, len(pictures), templated=use_default_template)
+            except ValueError as e:
+                raise NodeInputError("prompt", str(e)) from None
         sampling = None
         if sampling_mode == "on":
             picked = {k.split(".", 1)[1]: v for k, v in options.items() if k.startswith("sampling_mode.")}
@@ -54,7 +65,8 @@ class TextGenerate(Node):
         text = lib.chat_prompt(tokenizer, prompt, thinking=thinking) if use_default_template else prompt
         ctx = context.current()
         written = lib.write(model, tokenizer, text, max_new_tokens=int(max_length), sampling=sampling,
-                            templated=use_default_template, on_token=ctx.progress)  # progress: interrupts too
+                            templated=use_default_template, on_token=ctx.progress,
+                            images=pictures)  # progress: interrupts too
         return (lib.split_thinking(written)[1] if thinking or lib.THINK_CLOSE in written else written,)
 
 
