@@ -16,6 +16,10 @@ Cases (printed as one table, genloom / pipeline = ratio, target <= 1.05):
                KSampler + VAEDecode against StableDiffusion3Pipeline, 1 step (bench/sd3_case.py).
   wan/nodes    Wan 2.1 1.3B at full size (random weights, bfloat16): EmptyHunyuanLatentVideo + KSampler +
                VAEDecode against WanPipeline, 5 frames, 1 step, with peak memory (bench/wan_case.py).
+  flux2/nodes  Flux.2 Klein 4B's transformer against Flux2KleinPipeline, 1 step (bench/flux2_case.py says the depth).
+  zimage/nodes Z-Image Turbo's transformer at its real width against ZImagePipeline, 1 step at cfg 1
+               (bench/z_image_case.py says the depth).
+Qwen-Image's transformer does not fit this machine's memory: a line gives its size instead of a row.
 The tiny model is models/diffusers/genloom-tiny when it exists, else one built from small configs.
 Times are the best of --reps runs, wall clock and process CPU time (CPU time is steadier on a
 shared machine). The device is CUDA when torch sees one (float16 UNet on both sides), else the CPU.
@@ -174,6 +178,23 @@ def run_engine(models_dir: Path, name: str, latent_size: int, steps: int, cfg: f
     return call
 
 
+def depth_arg(text: str, full: tuple[int, int]) -> tuple[int, int] | None:
+    """--*-depth: auto (None: the case chooses by device), full, or two numbers."""
+    if text == "auto":
+        return None
+    return full if text == "full" else tuple(int(v) for v in text.split(","))
+
+
+def qwen_image_line() -> str:
+    """Qwen-Image's size, from its full configuration (diffusers' defaults) on the meta device."""
+    from diffusers import QwenImageTransformer2DModel
+
+    with torch.device("meta"):
+        params = sum(p.numel() for p in QwenImageTransformer2DModel().parameters())
+    return (f"qwen-image: no row; its transformer ({params / 1e9:.2f} B params, {params * 2 / 2**30:.1f} GiB in "
+            f"bfloat16) does not fit this machine's memory")
+
+
 def report(rows):
     print(f"{'case':<12} {'genloom wall':>13} {'pipeline wall':>14} {'ratio':>6}   "
           f"{'genloom cpu':>12} {'pipeline cpu':>13} {'ratio':>6}")
@@ -197,6 +218,11 @@ def main(argv=None):
     parser.add_argument("--skip-sd3", action="store_true", help="skip the SD3 case")
     parser.add_argument("--skip-wan", action="store_true", help="skip the Wan case")
     parser.add_argument("--skip-flux2", action="store_true", help="skip the Flux.2 Klein case")
+    parser.add_argument("--flux2-depth", default="auto",
+                        help="double,single blocks for the Flux.2 case, or full (auto: full on CUDA, 1,2 on the CPU)")
+    parser.add_argument("--skip-z-image", action="store_true", help="skip the Z-Image case")
+    parser.add_argument("--z-image-depth", default="auto",
+                        help="refiner,main blocks for the Z-Image case, or full (auto: full on CUDA, 1,2 on the CPU)")
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads (1 gives steady figures on a shared machine)")
     args = parser.parse_args(argv)
@@ -247,11 +273,21 @@ def main(argv=None):
                 print(note)
                 rows.append(row)
             if not args.skip_flux2:
-                from flux2_case import flux2_row
+                from flux2_case import FULL_DEPTH, flux2_row
 
-                row, note = flux2_row(device, 128, None, max(1, args.reps // 2), best_of)
+                row, note = flux2_row(device, 128, depth_arg(args.flux2_depth, FULL_DEPTH),
+                                      max(1, args.reps // 2), best_of)
                 print(note)
                 rows.append(row)
+            if not args.skip_z_image:
+                from z_image_case import FULL_DEPTH as Z_FULL
+                from z_image_case import z_image_row
+
+                row, note = z_image_row(device, 128, depth_arg(args.z_image_depth, Z_FULL),
+                                        max(1, args.reps // 2), best_of)
+                print(note)
+                rows.append(row)
+            print(qwen_image_line())
             if not args.skip_wan:
                 from wan_case import wan_row
 

@@ -24,8 +24,13 @@ def parts(depth: tuple[int, int], dtype):
     from genloom.diffusion.models.llm_encoders import SHIPPED_TOKENIZER
 
     torch.manual_seed(0)
-    transformer = Flux2Transformer2DModel(num_layers=depth[0], num_single_layers=depth[1], num_attention_heads=24,
-                                          joint_attention_dim=3 * 2560, guidance_embeds=False)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # built in bfloat16: no float32 copy of 4 B weights in the peak RSS
+    try:
+        transformer = Flux2Transformer2DModel(num_layers=depth[0], num_single_layers=depth[1], num_attention_heads=24,
+                                              joint_attention_dim=3 * 2560, guidance_embeds=False)
+    finally:
+        torch.set_default_dtype(previous)
     tokenizer = Qwen2Tokenizer.from_pretrained(str(SHIPPED_TOKENIZER))
     qwen3 = Qwen3ForCausalLM(Qwen3Config(vocab_size=len(tokenizer), hidden_size=2560, intermediate_size=1024,
                                          num_hidden_layers=28, num_attention_heads=4, num_key_value_heads=2,
@@ -81,14 +86,25 @@ def sides(device: str, size: int, depth):
 
 def flux2_row(device: str, size: int, depth: tuple[int, int] | None, reps: int, best_of):
     """(row for report(), a line saying what ran)."""
-    from peak import described, peaks
-
     if depth is None:
         depth = FULL_DEPTH if device.startswith("cuda") else (1, 2)
-    ours, ref, params = sides(device, size, depth)
-    ref_t, ours_t = best_of([ref, ours], reps, device)
-    memory = described(*peaks("flux2_case", device, (size, list(depth)), (ours, ref)))
+    ours_t, ref_t, params, memory = measured("flux2_case", device, size, depth, reps, best_of)
     note = (f"flux2 random weights: Klein 4B width 3072, {depth[0]} double + {depth[1]} single blocks "
             f"({params:.2f} B params{'' if tuple(depth) == FULL_DEPTH else ', cut from 5 + 20 to fit'}), bfloat16, "
             f"{size}x{size} px, 1 euler step at cfg 1; {memory}")
     return ("flux2/nodes", ours_t, ref_t), note
+
+
+def measured(module: str, device: str, size: int, depth, reps: int, best_of):
+    """(genloom times, pipeline times, params, memory line) of a case module's sides. On the CPU the
+    peaks come first, so the timing process's weights are not resident while the measuring processes
+    build theirs (full depth then fits in half the memory)."""
+    import importlib
+
+    from peak import described, peaks
+
+    memory = None if device.startswith("cuda") else described(*peaks(module, device, (size, list(depth))))
+    ours, ref, params = importlib.import_module(module).sides(device, size, depth)
+    ref_t, ours_t = best_of([ref, ours], reps, device)
+    memory = memory or described(*peaks(module, device, (size, list(depth)), (ours, ref)))
+    return ours_t, ref_t, params, memory
