@@ -15,8 +15,10 @@ dict under "control"; a second apply node chains its Control to the one already 
 summed over every Control of the chain that is live at the step's sigma (start/end percent through
 the model sampling's percent_to_sigma, as ComfyUI). Guidance knows that sigma and hands the handle a
 view of the chain bound to it (`Control.at_sigma`). The hint is resized to the latent's pixel size
-(nearest-exact, centre crop, as ComfyUI) and repeated over the batch. A control-LoRA's ControlNet is
-made from the sampled model's UNet at its first call (models/control_files.py ControlLora).
+(nearest-exact, centre crop, as ComfyUI) and repeated over the batch; an inpainting ControlNet
+(AliMama's) gets the apply node's mask beside its hint latent as one more channel (`Control.mask`;
+docs/controlnet.md "AliMama inpainting"). A control-LoRA's ControlNet is made from the sampled model's
+UNet at its first call (models/control_files.py ControlLora).
 """
 
 from __future__ import annotations
@@ -45,8 +47,19 @@ class ControlModel:
 
     @property
     def takes_latents(self) -> bool:
-        """Flux and SD3 ControlNets take the hint VAE-encoded (the apply node's vae input), not in pixels."""
-        return self.kind in (FLUX_CONTROLNET, SD3_CONTROLNET)
+        """Flux and SD3 ControlNets take the hint VAE-encoded (the apply node's vae input), not in pixels;
+        XLabs' Flux ones encode the pixels themselves (their input_hint_block)."""
+        return self.kind in (FLUX_CONTROLNET, SD3_CONTROLNET) and getattr(self.module, "input_hint_block", None) is None
+
+    @property
+    def concat_mask(self) -> bool:
+        """AliMama's inpainting ControlNets: their hint is the latent with the mask beside it, one
+        channel more (ComfyUI's concat_mask); the loader reads no other extra width."""
+        if self.kind == SD3_CONTROLNET:
+            return bool(getattr(self.module.config, "extra_conditioning_channels", 0))
+        if self.kind == FLUX_CONTROLNET:
+            return self.module.controlnet_x_embedder.in_features != self.module.x_embedder.in_features
+        return False
 
     def with_extra(self, **changes) -> "ControlModel":
         return replace(self, extra=tuple({**dict(self.extra), **changes}.items()))
@@ -62,6 +75,7 @@ class Control:
     percent: tuple = (0.0, 1.0)
     previous: "Control | None" = None
     vae: Any = None  # accepted as ComfyUI does; SD/SDXL ControlNets take the hint in pixels
+    mask: Any = None  # [B, 1, H, W], 1 = keep: the extra hint channel of an inpainting ControlNet
     _cache: dict = field(default_factory=dict, repr=False)
 
     def chain(self) -> list["Control"]:
@@ -96,7 +110,7 @@ class Control:
         the timestep's table level, which can differ from the step's sigma between levels."""
         down = mid = intra = None
         for c in self._live(handle, t, sigma):
-            if c.model.takes_latents:
+            if c.model.kind in (FLUX_CONTROLNET, SD3_CONTROLNET):
                 raise SamplingError(f"ControlNet {c.model.name!r} is a {c.model.family} ControlNet: it does not "
                                     "fit this model")
             if c.model.kind == ADAPTER:
@@ -135,8 +149,11 @@ class Control:
         """The Flux transformer's block residuals for this step (controlnet_block_samples,
         controlnet_single_block_samples) from every live Control of the chain, each network's list
         stretched to the transformer's depth (its i-th sample on blocks i*k .. i*k+k-1, k = ceil(depth
-        / samples), as diffusers and ComfyUI spread them) and summed. `x`: the latent before packing;
-        `call`: the transformer's own inputs (packed tokens, text, pooled, timestep, ids, guidance)."""
+        / samples), as diffusers and ComfyUI spread them) and summed. XLabs' ControlNets (a pixel hint
+        encoder) take the hint in pixels, -1..1, and their samples cycle over the blocks instead (block
+        j gets sample j mod samples: ComfyUI's ControlNetFlux, diffusers' controlnet_blocks_repeat).
+        `x`: the latent before packing; `call`: the transformer's own inputs (packed tokens, text,
+        pooled, timestep, ids, guidance)."""
         import torch
 
         from .models.flux_model import _pad_even, pack
@@ -150,7 +167,11 @@ class Control:
                 guidance = None
             elif guidance is None:
                 guidance = torch.zeros(x.shape[0], device=x.device)
-            hint = pack(_pad_even(c._latent_hint(handle, x, shifted=True)))  # padded as the latent is
+            pixels = getattr(net, "input_hint_block", None) is not None  # XLabs-style
+            if pixels:  # at the padded latent's pixel size: the encoder's output is packed as the latent
+                hint = c._hint(_pad_even(x), int(handle.vae_scale_factor), 3)[:, :3] * 2.0 - 1.0
+            else:
+                hint = pack(_pad_even(c._latent_hint(handle, x, shifted=True)))  # padded as the latent is
             mode = {}
             if net.config.num_mode:  # a union ControlNet: its mode is SetUnionControlNetType's number
                 (kind,) = c._union_types(net.config.num_mode)
@@ -161,7 +182,8 @@ class Control:
             for i, (samples, n) in enumerate(zip(outs, depth)):
                 if samples:
                     k = -(-n // len(samples))
-                    sums[i] = _add(sums[i], [samples[j // k] for j in range(n)])
+                    pick = (lambda j: j % len(samples)) if pixels else (lambda j: j // k)
+                    sums[i] = _add(sums[i], [samples[pick(j)] for j in range(n)])
         return {name: value for name, value in zip(("controlnet_block_samples", "controlnet_single_block_samples"),
                                                    sums) if value is not None}
 
@@ -169,18 +191,30 @@ class Control:
         """The SD3 transformer's block residuals (block_controlnet_hidden_states) from every live
         Control: the network gets zeros for the pooled text when its config says so (InstantX's),
         the text unless it has no context embedder; its i-th output goes to blocks i*k ..
-        i*k+k-1, k = depth // outputs, the last block none (ComfyUI's spreading)."""
+        i*k+k-1, k = depth // outputs, the last block none (ComfyUI's spreading). SD3.5's official
+        ControlNets (models/control_sd35.py) take no text, the image tokens from the model's own
+        pos_embed, the real pooled text and the hint latent with the format's shift, prepared by
+        their control type."""
         import torch
+
+        from .models.control_sd35 import hint_transform
 
         depth = len(handle.unet.transformer_blocks)
         total = None
         for c in self._live_of(handle, t, sigma, SD3_CONTROLNET, "SD3"):
             net = c.model.module
-            hint = c._latent_hint(handle, x, shifted=False)
+            tokens = x
+            if net.pos_embed is None:  # SD3.5's: the base model's patch and position embedding
+                if handle.unet.inner_dim != net.inner_dim:
+                    raise SamplingError(f"ControlNet {c.model.name!r} does not fit this model: it is "
+                                        f"{net.inner_dim} wide, the model {handle.unet.inner_dim}")
+                tokens = handle.unet.pos_embed(x)
             zeros = net.config.force_zeros_for_pooled_projection
+            prepare = hint_transform(getattr(net, "hint_kind", ""))
+            hint = c._latent_hint(handle, x, shifted=not zeros, prepare=prepare)
             with model_owner().memory.use(net, str(x.device), x.dtype, name="ControlNet") as net:
-                (outs,) = net(hidden_states=x, controlnet_cond=hint, conditioning_scale=float(c.strength),
-                              encoder_hidden_states=emb, timestep=t,
+                (outs,) = net(hidden_states=tokens, controlnet_cond=hint, conditioning_scale=float(c.strength),
+                              encoder_hidden_states=emb if net.context_embedder is not None else None, timestep=t,
                               pooled_projections=torch.zeros_like(pooled) if zeros else pooled, return_dict=False)
             k = depth // len(outs)
             spread = [outs[j // k] if j // k < len(outs) else torch.zeros_like(outs[0]) for j in range(depth)]
@@ -188,10 +222,11 @@ class Control:
             total = _add(total, spread)
         return {} if total is None else {"block_controlnet_hidden_states": total}
 
-    def _latent_hint(self, handle, x, shifted: bool):
+    def _latent_hint(self, handle, x, shifted: bool, prepare=None):
         """The hint as latents: resized to the latent's pixel size (nearest-exact, centre crop),
-        VAE-encoded, in the model's latent format (SD3 ControlNets without its shift, as ComfyUI
-        and diffusers' InstantX pipeline); one per row of x. Worked out once per size."""
+        `prepare`d (pixels -> pixels, before the VAE), VAE-encoded, in the model's latent format
+        (InstantX's SD3 ControlNets without its shift, as ComfyUI and diffusers' InstantX pipeline);
+        an inpainting ControlNet's mask beside it (`_with_mask`); one per row of x. Worked out once per size."""
         from .resample import resize
         from .sampling import latent_formats
 
@@ -204,11 +239,26 @@ class Control:
                                     "to the apply node's vae input")
             pixels = self.hint if tuple(self.hint.shape[2:]) == (h, w) else resize(self.hint, w, h, "nearest-exact",
                                                                                     "center")
+            pixels = pixels if prepare is None else prepare(pixels)
             fmt = latent_formats.of_model(handle)
             latent = self.vae.encode(pixels.movedim(1, -1)[..., :3]).float()
             latent = fmt.process_in(latent) if shifted else latent * fmt.scale
+            if self.model.concat_mask:
+                latent = self._with_mask(latent)
             self._keep(key, _rows(latent, x.shape[0]).to(x.device, x.dtype))
         return self._cache[key]
+
+    def _with_mask(self, latent):
+        """The latent with the mask as one more channel, resized to it (nearest-exact, centre crop)
+        and repeated over its rows, as ComfyUI's extra_concat; no mask (an apply node without one)
+        is all ones: nothing to repaint."""
+        import torch
+
+        from .resample import resize
+
+        mask = torch.ones(1, 1, 1, 1) if self.mask is None else self.mask
+        mask = resize(mask.float(), latent.shape[3], latent.shape[2], "nearest-exact", "center")
+        return torch.cat([latent, _rows(mask.to(latent.device, latent.dtype), latent.shape[0])], dim=1)
 
     def _hint(self, x, scale: int, channels: int, rows: int | None = None):
         """The hint at the latent's pixel size on x's device, one per row of x (or `rows` rows)."""
@@ -321,10 +371,10 @@ def _rows(t, n: int):
 
 
 def apply_control(conditionings: list, model: ControlModel, image, strength: float, percent: tuple,
-                  vae=None) -> list:
+                  vae=None, mask=None) -> list:
     """ControlNetApply(Advanced): every entry of each CONDITIONING list gets a Control stacked on
     the one it had; entries that shared a Control share the new one (so positive and negative are
-    still evaluated in one batch)."""
+    still evaluated in one batch). `mask`: an inpainting ControlNet's extra hint channel."""
     hint = image.movedim(-1, 1).float()
     made: dict[int, Control] = {}
     out = []
@@ -334,7 +384,7 @@ def apply_control(conditionings: list, model: ControlModel, image, strength: flo
             extra = dict(extra)
             prev = extra.get("control")
             if id(prev) not in made:
-                made[id(prev)] = Control(model, hint, float(strength), tuple(percent), prev, vae)
+                made[id(prev)] = Control(model, hint, float(strength), tuple(percent), prev, vae, mask)
             extra["control"] = made[id(prev)]
             extra["control_apply_to_uncond"] = False
             entries.append([emb, extra])

@@ -138,22 +138,41 @@ class ControlNetApplySD3(Node):
 
 
 class ControlNetInpaintingAliMamaApply(Node):
-    """Applies an inpainting ControlNet with the mask of the area to repaint.
+    """Applies an inpainting ControlNet with the mask of the area to repaint (1 = repaint).
 
-    AliMama's inpainting ControlNets (SD3, Flux) take the mask as an extra input; genloom does not
-    load those yet and the ControlNets it loads take none, so for them this applies like Apply
-    ControlNet."""
+    AliMama's inpainting ControlNets (SD3, Flux) take the image with that area blacked out and the
+    mask (inverted: 1 = keep) as one more hint channel, ComfyUI's rule (docs/controlnet.md). Other
+    ControlNets take no mask: for them this applies like Apply ControlNet, image untouched."""
 
     category = "conditioning/controlnet"
     inputs = [Input("positive", "CONDITIONING"), Input("negative", "CONDITIONING"),
               Input("control_net", "CONTROL_NET"), Input("vae", "VAE"), Input("image", "IMAGE"),
-              Input("mask", "MASK"), Float("strength", 1.0, **_STRENGTH),
+              Input("mask", "MASK", tooltip="The area to repaint (1); the rest is kept."),
+              Float("strength", 1.0, **_STRENGTH),
               Float("start_percent", 0.0, **_PERCENT), Float("end_percent", 1.0, **_PERCENT)]
     outputs = [Out("CONDITIONING", "positive"), Out("CONDITIONING", "negative")]
 
     def run(self, positive, negative, control_net, vae, image, mask, strength, start_percent, end_percent):
-        return ControlNetApplyAdvanced().run(positive, negative, control_net, image, strength,
-                                             start_percent, end_percent, vae)
+        if not getattr(control_net, "concat_mask", False):
+            return ControlNetApplyAdvanced().run(positive, negative, control_net, image, strength,
+                                                 start_percent, end_percent, vae)
+        from genloom.diffusion.controlnet import apply_control
+        from genloom.diffusion.resample import resize
+
+        if strength == 0:
+            return (positive, negative)
+        _needs_vae(control_net, vae)
+        image = _hint(image)
+        if getattr(mask, "ndim", 0) not in (2, 3):
+            raise NodeInputError("mask", "needs a MASK [batch, height, width]")
+        keep = 1.0 - mask.reshape(-1, 1, *mask.shape[-2:]).float()
+        # the image is blacked out where the (resized, rounded) mask says repaint
+        where = resize(keep, image.shape[2], image.shape[1], "bilinear", "center").round().movedim(1, -1)
+        if where.shape[0] not in (1, image.shape[0]) and image.shape[0] != 1:
+            raise NodeInputError("mask", f"{where.shape[0]} masks for {image.shape[0]} images: give one mask, "
+                                         "one image, or as many of each")
+        return tuple(apply_control([positive, negative], control_net, image * where, strength,
+                                   (start_percent, end_percent), vae, keep))
 
 
 def _union_types():

@@ -311,17 +311,3 @@ def test_sd3_controlnet_lone_file_with_a_window(sd3_ctx):
     _close(ours, _sd3_theirs(sd3_ctx["parts"], 1.2, 0.2, 0.8, sd3_ctx["controlnet"]))
     whole = _sd3_theirs(sd3_ctx["parts"], 1.2, 0.0, 1.0, sd3_ctx["controlnet"])
     assert float((ours - whole).abs().max()) > 1e-3
-
-
-def test_unsupported_sd3_controlnets_are_refused_by_name(tmp_path):
-    from diffusers import SD3ControlNetModel
-
-    from genloom.diffusion.errors import CheckpointError
-    from genloom.diffusion.models.control_files import load_control
-
-    folder = tmp_path / "sd35"  # SD3.5's official kind: no text input, no position embedding of its own
-    SD3ControlNetModel(num_layers=1, attention_head_dim=16, num_attention_heads=2, joint_attention_dim=None,
-                       caption_projection_dim=32, pooled_projection_dim=32, pos_embed_max_size=8,
-                       sample_size=16, use_pos_embed=False).save_pretrained(str(folder))
-    with pytest.raises(CheckpointError, match="SD3.5's ControlNets"):
-        load_control(folder / "diffusion_pytorch_model.safetensors")

@@ -15,14 +15,17 @@ Layouts read:
   T2I-Adapter, diffusers  T2IAdapter keys (adapter.conv_in, adapter.body.N.resnets.M, ...)
   T2I-Adapter, original   TencentARC's flat list (conv_in, body.K.block1, ...)
   Flux ControlNet         InstantX / Shakker-Labs, diffusers FluxControlNetModel keys (controlnet_x_embedder,
-                          transformer_blocks, controlnet_blocks, controlnet_single_blocks, ...)
+                          transformer_blocks, controlnet_blocks, controlnet_single_blocks, ...); AliMama's
+                          inpainting ones too (controlnet_x_embedder 4 inputs wider: the packed mask)
   SD3 ControlNet          InstantX's, diffusers SD3ControlNetModel keys (pos_embed_input, transformer_blocks,
-                          controlnet_blocks, ...)
+                          controlnet_blocks, ...); AliMama's inpainting one too (pos_embed_input one
+                          channel wider: the mask)
 The configuration comes from a config.json beside the weights, from genloom metadata
 ("genloom.configs": {"controlnet" | "t2i_adapter": config}), or else from the weights' shapes with the
 conventions of the released SD1/SD2/SDXL models (8 heads for SD1, 64-channel heads otherwise, SDXL's
-256-wide time-id embedding). Not read yet: the light/style adapters, SD3.5's official ControlNets, XLabs-style
-Flux ControlNets, AliMama's inpainting ones; each is refused with a message saying so.
+256-wide time-id embedding). Not read yet: the light/style adapters; they are refused with a message
+saying so. XLabs' Flux ControlNets (BFL block names, a pixel hint encoder) are read in control_xlabs.py,
+Stability's SD3.5 ControlNets (no text input, the base model's patch embedding) in control_sd35.py.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ from pathlib import Path
 from genloom.diffusion.errors import CheckpointError
 
 from . import keymaps
+from .control_sd35 import is_sd35, sd35_controlnet
+from .control_xlabs import is_xlabs, xlabs_controlnet
 from .loading import build_module
 from .weights import read_state_dict
 
@@ -94,6 +99,8 @@ def _layout_kind(state: dict, path: Path) -> str:
         return FLUX_CONTROLNET
     if "pos_embed_input.proj.weight" in keys and "controlnet_blocks.0.weight" in keys:
         return SD3_CONTROLNET
+    if is_xlabs(keys):
+        return FLUX_CONTROLNET
     if "lora_controlnet" in keys:
         return CONTROL_LORA
     if any(k.startswith("adapter.") for k in keys) or ("conv_in.weight" in keys and "body.0.block1.weight" in keys):
@@ -227,20 +234,22 @@ def _finish(cfg: dict, depth: list, shapes: dict, hint_channels: list, hint_in: 
 # -- Flux and SD3 ControlNets ---------------------------------------------------------------------------
 
 def flux_controlnet(state: dict, config, path: Path):
-    """diffusers' FluxControlNetModel (InstantX / Shakker-Labs files, union ones too), its config from
-    config.json or the shapes: width from x_embedder, head size from the q norm, depth from the block
-    indices, the number of union modes from controlnet_mode_embedder."""
+    """diffusers' FluxControlNetModel (InstantX / Shakker-Labs files, union ones too; XLabs' with their
+    pixel hint encoder through control_xlabs.py), its config from config.json or the shapes: width
+    from x_embedder, head size from the q norm, depth from the block indices, the number of union
+    modes from controlnet_mode_embedder."""
     from diffusers import FluxControlNetModel
 
     from .families.flux import rope_axes
 
-    if any(k.startswith("input_hint_block.") for k in state):
-        raise CheckpointError(f"{path.name}: Flux ControlNets with a pixel hint encoder (input_hint_block, "
-                              "XLabs-style) are not supported yet; InstantX-style ones (latent hints) are")
+    if any(k.startswith("input_hint_block.") for k in state):  # XLabs-style: a pixel hint encoder
+        return xlabs_controlnet(state, config, path)
     hint_in, latent_in = (state.get(k + ".weight") for k in ("controlnet_x_embedder", "x_embedder"))
-    if hint_in is not None and latent_in is not None and hint_in.shape[1] != latent_in.shape[1]:
-        raise CheckpointError(f"{path.name}: Flux ControlNets whose hint has extra channels (AliMama's "
-                              "inpainting ones: hint and mask) are not supported yet")
+    extra = 0 if hint_in is None or latent_in is None else hint_in.shape[1] - latent_in.shape[1]
+    if extra not in (0, 4):
+        raise CheckpointError(f"{path.name}: a Flux ControlNet whose hint has {extra} extra inputs per token; "
+                              "genloom reads those with none (InstantX) or 4, one packed mask channel "
+                              "(AliMama's inpainting ones)")
     if config is None:
         shapes = {k: list(v.shape) for k, v in state.items()}
         try:
@@ -258,16 +267,32 @@ def flux_controlnet(state: dict, config, path: Path):
             raise CheckpointError(f"{path.name}: Flux ControlNet weights of a shape genloom cannot read a "
                                   f"configuration from (no {exc}); put its config.json beside it") from None
     config = {k: v for k, v in config.items() if not k.startswith("_") and k != "patch_size"}
-    return build_module(FluxControlNetModel, config, state, "Flux ControlNet")
+    config.pop("extra_condition_channels", None)  # AliMama's config.json; the weights say it
+    widen = _hint_embedder(hint_in.shape[1]) if extra else None
+    return build_module(FluxControlNetModel, config, state, "Flux ControlNet", buffers=widen)
+
+
+def _hint_embedder(width: int):
+    """AliMama's Flux inpainting ControlNets embed the packed hint latent and the packed mask (64 + 4
+    inputs per token, ComfyUI's 17-channel hint patchified); diffusers' FluxControlNetModel has no
+    setting for that, so its hint embedder is made that wide, on the meta device, before the weights
+    are assigned (its forward only adds the embedder's output to the latent's)."""
+    def widen(module):
+        import torch
+
+        module.controlnet_x_embedder = torch.nn.Linear(width, module.inner_dim, device="meta")
+    return widen
 
 
 def sd3_controlnet(state: dict, config, path: Path):
     """diffusers' SD3ControlNetModel (InstantX's SD3 ControlNets), its config from config.json or the
     shapes, with the conventions of the family's own reader: 64-wide heads unless a qk-norm says
     otherwise, InstantX's zeroed pooled text. SD3.5's official ControlNets (no text, no position
-    embedding of their own) are refused."""
+    embedding of their own) go to control_sd35.py."""
     from diffusers import SD3ControlNetModel
 
+    if is_sd35(state, config):  # Stability's SD3.5 ControlNets: no text, the base model's patch embedding
+        return sd35_controlnet(state, config, path)
     if config is None:
         shapes = {k: list(v.shape) for k, v in state.items()}
         try:
@@ -288,12 +313,10 @@ def sd3_controlnet(state: dict, config, path: Path):
             raise CheckpointError(f"{path.name}: SD3 ControlNet weights of a shape genloom cannot read a "
                                   f"configuration from (no {exc}); put its config.json beside it") from None
     config = {k: v for k, v in config.items() if not k.startswith("_")}
-    if config.get("extra_conditioning_channels"):
-        raise CheckpointError(f"{path.name}: SD3 ControlNets whose hint has extra channels (AliMama's "
-                              "inpainting ones: hint and mask) are not supported yet")
-    if config.get("use_pos_embed") is False or config.get("joint_attention_dim", 0) is None:
-        raise CheckpointError(f"{path.name}: SD3.5's ControlNets without text input or position embedding "
-                              "are not supported yet (InstantX-style SD3 ControlNets are)")
+    extra = config.get("extra_conditioning_channels") or 0
+    if extra not in (0, 1):
+        raise CheckpointError(f"{path.name}: an SD3 ControlNet whose hint has {extra} extra channels; genloom "
+                              "reads those with none (InstantX) or one, the mask (AliMama's inpainting ones)")
     return build_module(SD3ControlNetModel, config, state, "SD3 ControlNet")
 
 
