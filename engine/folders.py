@@ -22,6 +22,7 @@ MODEL_FOLDERS = {
     "diffusion_models": (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin"),
     "text_encoders": (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin"),
     "clip_vision": (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin"),
+    "gligen": (".safetensors", ".ckpt", ".pt", ".pth", ".bin"),
 }
 # Kinds whose files ComfyUI finds in more than one folder of each models dir, in its search order;
 # the legacy kind names ("unet", "clip") mean the same.

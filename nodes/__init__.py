@@ -36,5 +36,6 @@ PACKS = [
     "genloom.nodes.clip_vision",
     "genloom.nodes.unclip",
     "genloom.nodes.style_model",
+    "genloom.nodes.gligen",
     "genloom.nodes.qwen",
 ]

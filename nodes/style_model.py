@@ -1,5 +1,5 @@
-"""Style models: StyleModelLoader (the style_models folder: Flux Redux) and StyleModelApply, which
-appends a picture's tokens to a conditioning. The library is genloom.diffusion.style_model."""
+"""Style models: StyleModelLoader (the style_models folder: Flux Redux, the SD1 T2I style adapter) and
+StyleModelApply, which appends a picture's tokens to a conditioning. The library is genloom.diffusion.style_model."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from genloom.nodes.loaders import _load, load_model_file, model_names, model_sta
 
 
 class StyleModelLoader(Node):
-    """Loads a style model (Flux Redux) that turns CLIP vision tokens into conditioning tokens."""
+    """Loads a style model (Flux Redux, SD1 T2I style adapter) that turns CLIP vision tokens into conditioning tokens."""
 
     category = "loaders"
     display_name = "Load Style Model"
@@ -42,10 +42,12 @@ class StyleModelApply(Node):
     outputs = [Out("CONDITIONING")]
 
     def run(self, conditioning, style_model, clip_vision_output, strength=1.0, strength_type="multiply"):
-        from genloom.diffusion.style_model import apply_style
+        from genloom.diffusion.style_model import VisionMismatch, apply_style
 
         try:
             return (apply_style(conditioning, style_model, clip_vision_output, strength, strength_type),)
+        except VisionMismatch as exc:
+            raise NodeInputError("clip_vision_output", str(exc)) from None
         except ValueError as exc:
             raise NodeInputError("style_model", str(exc)) from None
 

@@ -31,7 +31,7 @@ class unCLIPCheckpointLoader(Node):  # noqa: N801 - ComfyUI's name
 
 
 class unCLIPConditioning(Node):  # noqa: N801 - ComfyUI's name
-    """Adds a picture's CLIP image embedding to the conditioning of an unCLIP model."""
+    """Adds a picture's CLIP image embedding to the conditioning of an unCLIP model (SDXL: in place of the pooled text, "revision")."""
 
     category = "conditioning"
     inputs = [Input("conditioning", "CONDITIONING"), Input("clip_vision_output", "CLIP_VISION_OUTPUT"),

@@ -170,7 +170,7 @@ def test_style_model_files_that_are_not_redux_are_refused_by_name(ctx):
 
     with pytest.raises(ModelLoadError) as err:
         StyleModelLoader().run("t2i-style.safetensors")
-    assert err.value.input_name == "style_model_name" and "T2I-Adapter style model" in str(err.value)
+    assert err.value.input_name == "style_model_name" and "not a T2I style adapter" in str(err.value)
 
 
 def test_redux_tokens_of_another_width_are_a_clear_error(ctx):

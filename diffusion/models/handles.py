@@ -52,12 +52,14 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..errors import SamplingError
+from ..gligen_boxes import fused
 from ..inpaint import concat_channels, extra_channels
 from ..model_patches import output_block_patched
 from .attention import attention_patched
 from .comfy_objects import ComfyClipMethods, ComfyVaeMethods
 from .encoding import encode_prompt, encode_texts
 from .lora import patched
+from .noise_augment import revision_pooled
 from .owner import interruptible, model_owner
 from .patcher import ComfyModelMethods
 
@@ -114,30 +116,46 @@ class ModelHandle(ComfyModelMethods):  # ComfyUI's ModelPatcher reads; clone() -
 
     def cond_extras(self, extra: dict, height: int, width: int) -> dict:
         """What the network takes from one CONDITIONING entry besides its embedding, batch-first
-        tensors (or shared objects) that guidance batches: SDXL's pooled output and time ids, and
-        the entry's ControlNet chain ("control", genloom.diffusion.controlnet.Control)."""
+        tensors (or shared objects) that guidance batches: SDXL's pooled output and time ids, the
+        entry's ControlNet chain ("control", genloom.diffusion.controlnet.Control) and its GLIGEN
+        boxes ("gligen")."""
         out = {} if extra.get("control") is None else {"control": extra["control"]}
+        if extra.get("gligen") is not None:  # GLIGENTextBoxApply's boxes (genloom.diffusion.gligen)
+            out["gligen"] = extra["gligen"]
         if extra_channels(self):  # inpainting UNets: mask and masked-image latent (inpaint.py)
             out["c_concat"] = concat_channels(self, extra, height, width)
         if not self.needs_time_ids:
             return out
-        if extra.get("pooled_output") is None:
+        if extra.get("unclip_conditioning"):  # SDXL revision: a CLIP-G image embedding as the pooled
+            pooled = revision_pooled(extra["unclip_conditioning"], self.pooled_width, int(extra.get("seed", 0)))
+        elif extra.get("pooled_output") is None:
             raise SamplingError("this SDXL-type model needs pooled text embeddings (pooled_output) "
                                 "in its conditioning")
-        return {**out, "text_embeds": extra["pooled_output"],
-                "time_ids": self.time_ids(extra, height, width).reshape(1, -1)}
+        else:
+            pooled = extra["pooled_output"]
+        return {**out, "text_embeds": pooled, "time_ids": self.time_ids(extra, height, width).reshape(1, -1)}
+
+    @property
+    def pooled_width(self) -> int:
+        """SDXL: the pooled text width, what the added embedding takes besides the time ids."""
+        c, n_ids = self.unet.config, len(self.time_ids({}, 1, 1))
+        return int(c.projection_class_embeddings_input_dim) - n_ids * int(c.addition_time_embed_dim)
 
     def predict(self, unet, x, t, emb, extras: dict):
         """One call of the network on a batch (the one place the UNet is called while sampling);
         a ControlNet chain adds its residuals; an inpainting UNet gets its extra channels."""
         import torch
 
-        added = {k: v for k, v in extras.items() if k not in ("control", "c_concat")}
+        added = {k: v for k, v in extras.items() if k not in ("control", "c_concat", "gligen")}
         kwargs = {"added_cond_kwargs": added} if added else {}
         if extras.get("control") is not None:
             kwargs.update(extras["control"].unet_inputs(self, x, t, emb, added))
         if extras.get("c_concat") is not None:
             x = torch.cat([x, extras["c_concat"].to(x.dtype)], dim=1)
+        if extras.get("gligen") is not None:
+            with fused(unet, extras["gligen"], x) as gligen:
+                return unet(x, t, encoder_hidden_states=emb, return_dict=False, cross_attention_kwargs=gligen,
+                            **kwargs)[0]
         return unet(x, t, encoder_hidden_states=emb, return_dict=False, **kwargs)[0]
 
     def with_lora(self, lora, strength: float) -> "ModelHandle":

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from genloom.diffusion.errors import SamplingError
+from genloom.diffusion.gligen_boxes import share_with_negative
 from genloom.diffusion.models.patcher import network_call
 
 from .noise import prepare_mask
@@ -198,6 +199,7 @@ def prepare_conds(model, cond_sets: list, latent_shape, device, inputs: dict | N
 
     b, h, w = latent_shape[0], latent_shape[-2], latent_shape[-1]  # images and videos alike
     scale = int(getattr(model, "vae_scale_factor", 8) or 8)
+    cond_sets = list(cond_sets[:1]) + [share_with_negative(cond_sets[0], s) for s in cond_sets[1:]]  # GLIGEN boxes
     jobs: list[_Job] = []
     for group, conds in enumerate(cond_sets):
         for entry in conds or []:
