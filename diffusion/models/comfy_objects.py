@@ -1,7 +1,8 @@
 """CLIP and VAE as ComfyUI's node packs call them, over genloom's frozen handles.
 
 CLIP: tokenize(text) -> tokens per encoder (ComfyUI's keys: "l", "g", "h", "t5xxl"; windows of
-(token, weight) pairs with start, end and padding tokens), encode_from_tokens(tokens,
+(token, weight) pairs with start, end and padding tokens; the LLM encoders' keys and windows:
+comfy_tokens_llm.py), encode_from_tokens(tokens,
 return_pooled, return_dict) - of those tokens as they were made, or as a pack built or edited them -,
 encode_from_tokens_scheduled, clone() -> a mutable `ClipPatcher` (clip_layer, add_patches, load_sd
 on the clone), get_key_patches.
@@ -17,7 +18,7 @@ from dataclasses import replace
 from .patcher import text_param_names
 
 # ComfyUI's token keys per encoder: SD1 "l", SD2 "h", SDXL "l" + "g"; split encoders by role.
-_ROLE_KEYS = {"clip_l": "l", "clip_g": "g", "t5xxl": "t5xxl"}
+_ROLE_KEYS = {"clip_l": "l", "clip_g": "g", "t5xxl": "t5xxl"}  # the LLMs' keys: comfy_tokens_llm.key
 _POSITIONAL_KEYS = {"sd1": ("l",), "sd2": ("h",), "sdxl": ("l", "g"), "sdxl_refiner": ("g",)}
 # ComfyUI's state-dict names of the text encoders (under cond_stage_model), by token key.
 _SD_NAMES = {"l": "clip_l", "g": "clip_g", "h": "clip_h", "t5xxl": "t5xxl"}
@@ -52,6 +53,10 @@ class Tokens(dict):
 
 
 def _keys(clip) -> tuple:
+    from .comfy_tokens_llm import is_llm, key
+
+    if is_llm(clip):
+        return (key(clip),)
     if clip.roles:
         return tuple(_ROLE_KEYS.get(r, r) for r in clip.roles)
     return _POSITIONAL_KEYS.get(clip.kind, ("l",) * len(clip.text_encoders))
@@ -86,16 +91,20 @@ def encode_windows(clip, tokens: dict):
     """(cond, pooled) of ComfyUI token windows a pack built or edited ({"l": [[(id, weight), ...],
     ...], "g": ...}): genloom's prompt encoding of those same windows (encoding.py: weights against
     the empty prompt's window; SDXL's penultimate layer; SD3's and Flux's joins of their encoders)."""
+    from .comfy_tokens_llm import encode as encode_llm, is_llm
     from .embeddings import EmbeddingLookup
     from .encoding import WINDOW_ENCODERS, _specials, encode_windows as encode, prompt_windows
 
     keys = _keys(clip)
     if clip.kind in WINDOW_ENCODERS and clip.family_encode is None:
         return _encode_split(clip, tokens, WINDOW_ENCODERS[clip.kind])
+    if is_llm(clip):  # Qwen-Image, Z-Image, Flux.2, Wan: one encoder, one key
+        if keys[0] not in tokens:
+            raise _no_windows(keys[0], keys)
+        return encode_llm(clip, keys[0], tokens[keys[0]])
     if clip.roles or clip.family_encode is not None:
         raise NotImplementedError(f"genloom encodes {clip.kind} tokens as clip.tokenize(text) made them; "
-                                  "tokens built or edited by hand are supported for SD1, SD2, SDXL, SD3 "
-                                  "and Flux")
+                                  "tokens built or edited by hand are not supported for it")
     lookup = EmbeddingLookup()
     lists = []
     for key, tok, enc in zip(keys, clip.tokenizers, clip.text_encoders):
@@ -150,13 +159,21 @@ class ComfyClipMethods:
     def cond_stage_model(self):
         return self.text_encoders[0]
 
-    def tokenize(self, text: str, return_word_ids: bool = False, **kwargs) -> Tokens:
+    def tokenize(self, text: str, return_word_ids: bool = False, llama_template: str | None = None,
+                 **kwargs) -> Tokens | dict:
+        """ComfyUI's tokens of `text`; with a pack's `llama_template` (the LLM encoders) a plain dict,
+        which encode_from_tokens reads as windows (genloom's own encoding uses the default template)."""
+        from .comfy_tokens_llm import is_llm, window
         from .embeddings import EmbeddingLookup
         from .encoding import WINDOW_ENCODERS, prompt_windows, split_windows
 
         lookup = EmbeddingLookup()
         keys = _keys(self)
-        if self.kind in WINDOW_ENCODERS and self.family_encode is None:  # SD3, Flux: T5's padded sequence
+        if is_llm(self):
+            windows = {keys[0]: [window(self, text, llama_template)]}
+            if llama_template is not None:
+                return windows
+        elif self.kind in WINDOW_ENCODERS and self.family_encode is None:  # SD3, Flux: T5's padded sequence
             made = split_windows(self, {role: text for role in self.roles}, lookup)
             windows = {key: made[role] for key, role in zip(keys, self.roles)}
         else:
@@ -170,8 +187,7 @@ class ComfyClipMethods:
             cond, pooled = encode_windows(handle, tokens)
         elif handle.roles:
             texts = tokens.texts
-            back = {v: k for k, v in _ROLE_KEYS.items()}
-            cond, pooled = handle.encode_roles({back.get(k, k): t for k, t in texts.items()})
+            cond, pooled = handle.encode_roles({role: texts.get(key) for role, key in zip(handle.roles, _keys(handle))})
         else:
             keys, texts = _keys(handle), tokens.texts
             cond, pooled = handle.encode(texts[keys[0]], texts[keys[-1]] if len(keys) > 1 else None)

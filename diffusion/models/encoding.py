@@ -140,7 +140,10 @@ def _vectors_in(encoder, vectors):
         output[rows, cols] = stacked.to(output.device, output.dtype)
         return output
 
-    handle = encoder.get_input_embeddings().register_forward_hook(put)
+    # T5 in transformers 5 looks its tokens up through encoder.embed_tokens, a module apart from the
+    # `shared` one get_input_embeddings() returns (same weight): a hook on `shared` would never fire.
+    layer = getattr(getattr(encoder, "encoder", None), "embed_tokens", None) or encoder.get_input_embeddings()
+    handle = layer.register_forward_hook(put)
     try:
         yield
     finally:

@@ -31,14 +31,9 @@ from pathlib import Path
 from genloom.diffusion.errors import CheckpointError
 
 from . import llm_encoders
+from .llm_encoding import FLUX2_LAYERS, flux2_token_ids  # the templates (CLIP.tokenize builds them too)
 from .weights import dequantize, read_state_dict, stored_dtype
 
-MISTRAL_TEMPLATE = ("[SYSTEM_PROMPT]You are an AI that reasons about image descriptions. You give structured "
-                    "responses focusing on object relationships, object\nattribution and actions without "
-                    "speculation.[/SYSTEM_PROMPT][INST]{}[/INST]")
-KLEIN_TEMPLATE = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
-KLEIN_TOKENS = 512
-LAYERS = {"mistral3": (10, 20, 30), "qwen3": (9, 18, 27)}
 ROLES = {"mistral3": "mistral3_24b", "qwen3": "qwen3_4b"}
 TOKENIZER_DIRS = ("{stem}_tokenizer", "mistral3_tokenizer")
 _TEKKEN = "tekken_model"
@@ -126,18 +121,6 @@ def load_clip(paths: list, device: str | None = None):
                       roles=(ROLES[family],), device=device, family_encode=encode)
 
 
-def token_ids(clip, text: str) -> tuple[list[int], list[int]]:
-    """(ids, attention mask) of one prompt in its encoder's template."""
-    tokenizer = clip.tokenizers[0]
-    if clip.roles[0] == ROLES["mistral3"]:
-        ids = [tokenizer.convert_tokens_to_ids("<s>")] + \
-            tokenizer(MISTRAL_TEMPLATE.format(text), add_special_tokens=False).input_ids
-        return ids, [1] * len(ids)
-    ids = tokenizer(KLEIN_TEMPLATE.format(text), add_special_tokens=False).input_ids
-    pad = KLEIN_TOKENS - len(ids)
-    return ids + [tokenizer.convert_tokens_to_ids("<|endoftext|>")] * max(pad, 0), [1] * len(ids) + [0] * max(pad, 0)
-
-
 def encode(clip, texts: dict):
     """ClipHandle.family_encode of a flux2 CLIP: ([1, T, 3 * width] float32 CPU, no pooled output)."""
     import torch
@@ -145,8 +128,8 @@ def encode(clip, texts: dict):
     from .owner import model_owner
 
     text = next(iter(texts.values())) or ""
-    ids, mask = token_ids(clip, text)
-    layers = LAYERS["mistral3" if clip.roles[0] == ROLES["mistral3"] else "qwen3"]
+    ids, mask = flux2_token_ids(clip, text)
+    layers = FLUX2_LAYERS[clip.roles[0]]
     with torch.no_grad(), model_owner().memory.use(clip.text_encoders[0], clip.device) as enc:
         device = next(enc.parameters()).device
         out = enc.model(input_ids=torch.tensor([ids], device=device),

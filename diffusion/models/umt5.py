@@ -21,6 +21,7 @@ from typing import Any
 
 from genloom.diffusion.errors import CheckpointError
 
+from .llm_encoding import umt5_pairs  # CLIP.tokenize gives the same pairs
 from .loading import build_module, load_dtype
 from .weights import dequantize, exact_keys, stored_dtype
 
@@ -119,14 +120,6 @@ def shipped_tokenizer():
     return spm_tokenizer(SHIPPED_SPIECE.read_bytes())
 
 
-def _weighted_ids(tokenizer, text: str) -> list[tuple[int, float]]:
-    """(token, weight) pairs of a prompt with ComfyUI's (text:1.2) weights (UMT5 takes no embeddings)."""
-    from genloom.diffusion.prompt_weights import parse_weights
-
-    return [(t, weight) for segment, weight in parse_weights(text)
-            for t in tokenizer(segment, add_special_tokens=False, truncation=False).input_ids]
-
-
 def encode(umt5: Umt5, text: str, min_length: int = MIN_TOKENS):
     """Wan's conditioning [1, max(512, n + 1), D] float32 CPU: the tokens' last hidden states, zeros
     where the padding is; weighted tokens moved from the empty prompt's outputs by their weights."""
@@ -158,7 +151,7 @@ def _encode(module, tok, text: str, min_length: int):
 
     from .owner import model_owner
 
-    pairs = _weighted_ids(tok, text) + [(tok.eos_token_id, 1.0)]
+    pairs = umt5_pairs(tok, text)
     length = max(min_length, len(pairs))
     ids = torch.full((1, length), tok.pad_token_id, dtype=torch.long)
     ids[0, :len(pairs)] = torch.tensor([t for t, _w in pairs])
@@ -174,6 +167,7 @@ def _encode(module, tok, text: str, min_length: int):
             alone = torch.zeros_like(mask)
             alone[0, 0] = 1
             base = enc(input_ids=empty.to(device), attention_mask=alone.to(device)).last_hidden_state.float().cpu()
+            base[:, 1:] = 0.0  # ComfyUI zeroes the empty prompt's outputs past its end token too
             w = weights.reshape(1, -1, 1)
             out[:, :len(pairs)] = base[:, :len(pairs)] + (out[:, :len(pairs)] - base[:, :len(pairs)]) * w
     out[:, len(pairs):] = 0.0

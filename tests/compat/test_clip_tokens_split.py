@@ -187,3 +187,21 @@ def test_weights_as_the_encoders_compute_them(sd3_clip, flux_clip, cpu):
     assert tuple(cond.shape) == (1, len(words), tiny_flux.TEXT_DIM)
     assert torch.allclose(cond[0], torch.where(w != 1.0, (z[0] - z[1]) * w + z[1], z[0]), atol=1e-5)
     assert torch.allclose(pooled, want_pooled, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_an_embedding_vector_in_place_of_a_t5_token(family, sd3_clip, flux_clip, cpu):
+    """A pack's vector in a T5 window reaches T5 (transformers' T5 reads its tokens through
+    encoder.embed_tokens, not the `shared` table get_input_embeddings() returns)."""
+    clip = sd3_clip if family == "sd3" else flux_clip
+    t5 = clip.text_encoders[clip.roles.index("t5xxl")]
+    t5 = getattr(t5, "model", t5)
+    red, blue = word_id(clip, "t5xxl", "red"), word_id(clip, "t5xxl", "blue")
+    table = t5.get_input_embeddings().weight.detach().float()
+    tokens = clip.tokenize("a red circle")
+    as_vector = {k: [[(table[blue] if (k == "t5xxl" and t == red) else t, w) for t, w in window]
+                     for window in v] for k, v in tokens.items()}
+    got = clip.encode_from_tokens(as_vector, return_pooled=True)
+    want = clip.encode_from_tokens(edited(tokens, "t5xxl", red, new_id=blue), return_pooled=True)
+    assert not torch.equal(want[0], text_encode(clip, "a red circle")[0])
+    assert torch.allclose(got[0], want[0], atol=1e-5) and torch.equal(got[1], want[1])
