@@ -69,13 +69,23 @@ def attention_places(unet) -> list:
         table = keymaps.unet_map(dict(unet.config))
     except (ValueError, KeyError, TypeError):
         table = {}
-    places, owners = [], {}
-    for path, module in unet.named_modules():
+    found_places = []
+    for order, (path, module) in enumerate(unet.named_modules()):
         found = _PLACE.search(path)
-        if found is None or not hasattr(module, "to_q"):
-            continue
-        owner = path[: found.start()]
-        index = owners.setdefault(owner, len(owners))
+        if found is not None and hasattr(module, "to_q"):
+            found_places.append((order, path, module, found))
+    # diffusers registers up_blocks before mid_block, so named_modules() is not the order the network
+    # runs them in; ComfyUI's LDM block numbers (input, middle, output) are.
+    rank = {"input": 0, "middle": 1, "output": 2}
+
+    def forward_order(item):
+        order, path, _module, _found = item
+        block = _block_of(path, table)
+        return (rank[block[0]], block[1], order) if block else (3, 0, order)
+
+    places, owners = [], {}
+    for _order, path, module, found in sorted(found_places, key=forward_order):
+        index = owners.setdefault(path[: found.start()], len(owners))
         places.append((path, module, found.group(2), _block_of(path, table), int(found.group(1)), index))
     return places
 

@@ -259,3 +259,22 @@ def test_key_patches_carry_loras_as_diffs(sd1, tmp_folders):
     kp = sd1.model.with_lora(lora, 0.5).get_key_patches()
     entry = kp["diffusion_model.input_blocks.1.1.proj_in.weight"]
     assert len(entry) == 2 and torch.allclose(entry[1][1][0], torch.full_like(weight, 0.5))
+
+
+def test_transformer_index_counts_in_the_order_the_network_runs(sd1, conds, tmp_folders):
+    """extra_options' transformer_index (IPAdapter and AnimateDiff packs key on it) numbers the
+    transformers as the forward pass meets them: input blocks, middle, output blocks (diffusers
+    registers its up blocks before its middle block)."""
+    seen = []
+
+    def record(n, context, value, extra):
+        seen.append((extra["block"][0], extra["transformer_index"]))
+        return n, context, value
+
+    m = sd1.model.clone()
+    m.set_model_attn1_patch(record)
+    run(m, conds, steps=1)
+    first = seen[: len(set(seen))]  # one network call's worth
+    kinds = [k for k, _i in first]
+    assert "middle" in kinds and kinds == sorted(kinds, key=["input", "middle", "output"].index)
+    assert [i for _k, i in first] == list(range(len(first)))
