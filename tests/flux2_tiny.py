@@ -30,13 +30,13 @@ QWEN3_CHAT = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content
               "not enable_thinking %}<think>\n\n</think>\n\n{% endif %}{% endif %}")
 
 
-def transformer(seed: int = 0, guidance: bool = True, text_width: int = TEXT_WIDTH):
+def transformer(seed: int = 0, guidance: bool = True, text_width: int = TEXT_WIDTH, scale: float = 0.05):
     from diffusers import Flux2Transformer2DModel
 
     return noisy(Flux2Transformer2DModel(in_channels=128, num_layers=1, num_single_layers=1, attention_head_dim=32,
                                          num_attention_heads=2, joint_attention_dim=3 * text_width,
                                          timestep_guidance_channels=64, axes_dims_rope=(8, 8, 8, 8),
-                                         guidance_embeds=guidance), seed, 0.05)
+                                         guidance_embeds=guidance), seed, scale)
 
 
 def vae(seed: int = 3):
@@ -98,19 +98,26 @@ def save_mistral(module, path: Path) -> Path:
     return path
 
 
-def build(root: Path, names: dict) -> dict:
-    """Every part under `root` (ComfyUI's models folder layout) by the file names in `names`."""
+def build_image_parts(root: Path, names: dict, scale: float = 0.05) -> dict:
+    """The two transformers (dev, Klein; weights of std `scale`) and the VAE under `root` by the file names
+    in `names`: what runs on conditioning made by hand (edits, LoRAs), without the text encoders."""
     from genloom.diffusion.models import flux2_vae
     from genloom.diffusion.models.families import flux2
 
-    for sub in ("diffusion_models", "text_encoders", "vae"):
+    for sub in ("diffusion_models", "text_encoders", "vae", "loras"):
         (root / sub).mkdir(parents=True, exist_ok=True)
-    parts = {"dev": transformer(0, True), "klein": transformer(4, False), "vae": vae(3),
-             "mistral": mistral(1), "qwen3": qwen3(2)}
+    parts = {"dev": transformer(0, True, scale=scale), "klein": transformer(4, False, scale=scale), "vae": vae(3)}
     flux2.save_original(parts["dev"], root / "diffusion_models" / names["dev"], "model.diffusion_model.")
     flux2.save_original(parts["klein"], root / "diffusion_models" / names["klein"], "model.diffusion_model.")
     flux2_vae.save_original(parts["vae"], root / "vae" / names["vae"])
+    return parts
+
+
+def build(root: Path, names: dict, scale: float = 0.05) -> dict:
+    """Every part under `root` (ComfyUI's models folder layout) by the file names in `names`."""
+    parts = {**build_image_parts(root, names, scale), "mistral": mistral(1), "qwen3": qwen3(2)}
     save_mistral(parts["mistral"], root / "text_encoders" / names["mistral"])
     qwen_tiny.save_llm(parts["qwen3"], root / "text_encoders" / names["qwen3"], lm_head=False)
     qwen_tiny.write_tokenizer(root / "text_encoders" / "qwen25_tokenizer")
     return parts
+

@@ -22,7 +22,7 @@ ELSEWHERE = {"flux_dev_txt2img": "tests/nodes/test_flux_nodes.py",
              "qwen_image_edit": "tests/diffusion/test_qwen_image_edit.py",
              "z_image_turbo_txt2img": "tests/nodes/test_llm_workflows.py",
              "z_image_prompt_expansion": "tests/nodes/test_llm_workflows.py",
-             "flux2_txt2img": "tests/diffusion/test_flux2.py",
+             "flux2_txt2img": "tests/diffusion/test_flux2.py", "flux2_edit": "tests/diffusion/test_flux2_edit_lora.py",
              "inpaint": "tests/test_inpaint_equality.py", "sdxl_refiner": "tests/test_refiner_equality.py"}
 WORKFLOWS = sorted(p for p in (REPO / "workflows").glob("*.json") if p.stem not in ELSEWHERE)
 INPUTS = REPO / "workflows" / "input"

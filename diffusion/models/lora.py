@@ -18,7 +18,7 @@ from pathlib import Path
 from genloom.diffusion.errors import CheckpointError
 from genloom.engine.folders import path_stamp
 
-from . import keymaps, lora_flux, lora_sd3
+from . import keymaps, lora_flux, lora_flux2, lora_sd3
 from .owner import model_owner
 from .weights import read_state_dict
 
@@ -107,7 +107,7 @@ def lora_from_state(state: dict, file_name: str, stamp: tuple | None = None) -> 
     for key in [k for k, v in groups.items() if "up" not in v or "down" not in v]:
         unused.append(".".join(key))
         del groups[key]
-    groups = lora_sd3.expand(lora_flux.expand(groups))
+    groups = lora_sd3.expand(lora_flux.expand(lora_flux2.expand(groups)))  # Flux.2 first: it reads the shapes
     if not groups:
         raise CheckpointError(f"{file_name} holds no LoRA weights (lora_down/lora_up or lora_A/lora_B)")
     return LoraWeights(Path(file_name).stem, groups, unused, stamp)

@@ -23,6 +23,11 @@ folded into channels) becomes, as ComfyUI's Flux.2 model and diffusers' Flux2Pip
                 the Qwen3 encodings of Klein are 512 already), ids (0, 0, 0, index)
   timestep      sigma (the network multiplies by 1000)
   guidance      dev only: CONDITIONING's "guidance" (FluxGuidance; 3.5 when unset, as ComfyUI)
+  references    ReferenceLatent's latents (VAEEncode of the Flux.2 VAE: [B, 128, h, w], any size): one token
+                per cell appended after the image's, ids (10 * i, row, column, 0) for the i-th (ComfyUI's
+                Flux.2 default "index", equal to Flux2Pipeline's image=[...]); "offset" and "uxo" as for
+                Kontext. Each step sees the references unnoised at the step's timestep and their output is
+                dropped. One reference image is an edit, several are multi-reference generation.
 Model sampling as ComfyUI's Flux2: ModelSamplingFlux with shift 2.02 (Flux2Scheduler's sigmas carry the
 resolution-dependent shift of BFL's schedule); latent format identity (the VAE normalises, flux2_vae.py).
 """
@@ -34,6 +39,7 @@ from dataclasses import dataclass, field
 
 from genloom.diffusion.errors import CheckpointError
 
+from ..flux2_keys import DOUBLE, QKV, SINGLE, TOP
 from ..handles import ModelHandle
 from ..loading import build_module
 from ..weights import exact_keys
@@ -43,27 +49,11 @@ NAME = "Flux.2"
 SHIFT = 2.02
 TEXT_TOKENS = 512
 DEFAULT_GUIDANCE = 3.5
+REF_METHODS = ("index", "offset", "uxo")  # ComfyUI's reference_latents_method values, "index" Flux.2's default
+REF_INDEX_SCALE = 10  # the time-index step between Flux.2's reference images (ComfyUI's and diffusers')
 SCHEDULER = {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000}
 _MARKER = "double_stream_modulation_img.lin.weight"
 _DIFFUSERS_MARKER = "double_stream_modulation_img.linear.weight"
-# diffusers' name -> BFL's, outside the blocks
-_TOP = {"x_embedder": "img_in", "context_embedder": "txt_in",
-        "time_guidance_embed.timestep_embedder.linear_1": "time_in.in_layer",
-        "time_guidance_embed.timestep_embedder.linear_2": "time_in.out_layer",
-        "time_guidance_embed.guidance_embedder.linear_1": "guidance_in.in_layer",
-        "time_guidance_embed.guidance_embedder.linear_2": "guidance_in.out_layer",
-        "double_stream_modulation_img.linear": "double_stream_modulation_img.lin",
-        "double_stream_modulation_txt.linear": "double_stream_modulation_txt.lin",
-        "single_stream_modulation.linear": "single_stream_modulation.lin", "proj_out": "final_layer.linear"}
-_DOUBLE = {"attn.norm_q": "img_attn.norm.query_norm", "attn.norm_k": "img_attn.norm.key_norm",
-           "attn.to_out.0": "img_attn.proj", "ff.linear_in": "img_mlp.0", "ff.linear_out": "img_mlp.2",
-           "attn.norm_added_q": "txt_attn.norm.query_norm", "attn.norm_added_k": "txt_attn.norm.key_norm",
-           "attn.to_add_out": "txt_attn.proj", "ff_context.linear_in": "txt_mlp.0",
-           "ff_context.linear_out": "txt_mlp.2"}
-_SINGLE = {"attn.to_qkv_mlp_proj": "linear1", "attn.to_out": "linear2", "attn.norm_q": "norm.query_norm",
-           "attn.norm_k": "norm.key_norm"}
-_QKV = {"attn.to_q": ("img_attn.qkv", ("attn.to_q", "attn.to_k", "attn.to_v")),
-        "attn.add_q_proj": ("txt_attn.qkv", ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"))}
 
 
 def detect(shapes: dict) -> bool:
@@ -91,19 +81,19 @@ def to_original(state: dict) -> dict:
     for key, value in state.items():
         base, _, leaf = key.rpartition(".")
         m = re.match(r"(transformer_blocks|single_transformer_blocks)\.(\d+)\.(.+)$", base)
-        if base in _TOP:
-            out[f"{_TOP[base]}.{leaf}"] = value
+        if base in TOP:
+            out[f"{TOP[base]}.{leaf}"] = value
         elif base == "norm_out.linear":
             out[f"final_layer.adaLN_modulation.1.{leaf}"] = _swap_halves(value)
-        elif m and m[1] == "single_transformer_blocks" and m[3] in _SINGLE:
-            out[f"single_blocks.{m[2]}.{_SINGLE[m[3]]}.{'scale' if 'norm' in m[3] else leaf}"] = value
-        elif m and m[3] in _DOUBLE:
-            out[f"double_blocks.{m[2]}.{_DOUBLE[m[3]]}.{'scale' if 'norm' in m[3] else leaf}"] = value
-        elif m and m[3] in _QKV:
-            fused, parts = _QKV[m[3]]
+        elif m and m[1] == "single_transformer_blocks" and m[3] in SINGLE:
+            out[f"single_blocks.{m[2]}.{SINGLE[m[3]]}.{'scale' if 'norm' in m[3] else leaf}"] = value
+        elif m and m[3] in DOUBLE:
+            out[f"double_blocks.{m[2]}.{DOUBLE[m[3]]}.{'scale' if 'norm' in m[3] else leaf}"] = value
+        elif m and m[3] in QKV:
+            fused, parts = QKV[m[3]]
             out[f"double_blocks.{m[2]}.{fused}.{leaf}"] = torch.cat(
                 [state[f"{m[1]}.{m[2]}.{p}.{leaf}"] for p in parts], dim=0)
-        elif not (m and any(m[3] in parts for _f, parts in _QKV.values())):
+        elif not (m and any(m[3] in parts for _f, parts in QKV.values())):
             raise CheckpointError(f"no Flux.2 original name for {key}")
     return out
 
@@ -163,14 +153,30 @@ def config_from_shapes(shapes: dict) -> dict:
             "guidance_embeds": "guidance_in.in_layer.weight" in shapes}
 
 
-def positions(rows: int, cols: int, device):
-    """[(rows * cols), 4] ids (0, row, column, 0) of the image tokens, row-major."""
+def positions(rows: int, cols: int, device, index: float = 0, row0: int = 0, col0: int = 0):
+    """[(rows * cols), 4] ids (index, row0 + row, col0 + column, 0) of a token grid, row-major: the image
+    is (0, row, column, 0), a reference image its own time index and offsets."""
     import torch
 
     ids = torch.zeros(rows, cols, 4, device=device)
-    ids[..., 1] = torch.arange(rows, device=device, dtype=torch.float32)[:, None]
-    ids[..., 2] = torch.arange(cols, device=device, dtype=torch.float32)[None, :]
+    ids[..., 0] = index
+    ids[..., 1] = torch.arange(rows, device=device, dtype=torch.float32)[:, None] + row0
+    ids[..., 2] = torch.arange(cols, device=device, dtype=torch.float32)[None, :] + col0
     return ids.reshape(rows * cols, 4)
+
+
+def reference_positions(sizes, grid: tuple, method: str) -> list:
+    """(time index, row offset, column offset) in tokens of each reference latent of (h, w) cells, as
+    ComfyUI's Flux.2 places them: "index" (its default) gives the i-th reference time index 10 * i,
+    which is also diffusers' Flux2Pipeline's rule (10 + 10 * i from 0); "offset" and "uxo" are
+    Kontext's placements. Flux.2 has one token per latent cell where Kontext's tokens are 2x2 cells,
+    so Kontext's rule is asked with every size doubled; only "index" steps by 10 (ComfyUI's
+    ref_index_scale for Flux.2)."""
+    from ..flux_model import ref_positions
+
+    doubled = [(2 * int(h), 2 * int(w)) for h, w in sizes]
+    return [(index * REF_INDEX_SCALE if method == "index" else index, dh, dw)
+            for index, dh, dw in ref_positions(doubled, grid, method)]
 
 
 def text_positions(tokens: int, device):
@@ -199,26 +205,58 @@ class Flux2Handle(DiTHandle):
 
         if extra.get("control") is not None:
             raise SamplingError("ControlNets on Flux.2 models are not supported yet")
-        if extra.get("reference_latents"):
-            raise SamplingError("reference images (ReferenceLatent) on Flux.2 models are not supported yet")
+        out = self._references(extra.get("reference_latents") or [],
+                               extra.get("reference_latents_method", "index"))
         guidance = extra.get("guidance", DEFAULT_GUIDANCE)
         if self.is_dev and guidance is not None:
-            return {"guidance": torch.full((1,), float(guidance), dtype=torch.float32)}
-        return {}
+            out["guidance"] = torch.full((1,), float(guidance), dtype=torch.float32)
+        return out
+
+    def _references(self, refs: list, method: str) -> dict:
+        """ReferenceLatent's latents (VAEEncode's, [B, 128, h, w]) as `ref_<i>` in the model's latent
+        format, with the placement method; a latent of another model is refused by name."""
+        from genloom.diffusion.errors import SamplingError
+        from genloom.diffusion.sampling.latent_formats import of_model
+
+        if not refs:
+            return {}
+        if method not in REF_METHODS:
+            raise SamplingError(f"reference_latents_method {method!r} is not one Flux.2 takes "
+                                f"({', '.join(REF_METHODS)})")
+        fmt, out = of_model(self), {"reference_method": method}
+        for i, ref in enumerate(refs):
+            if ref.ndim != 4 or ref.shape[1] != self.latent_channels:
+                raise SamplingError(f"reference latent {i + 1} has shape {tuple(ref.shape)}; a Flux.2 model takes "
+                                    f"[B, {self.latent_channels}, H/16, W/16] latents (VAEEncode with the Flux.2 VAE)")
+            out[f"ref_{i}"] = fmt.process_in(ref.float())
+        return out
 
     def predict(self, transformer, x, t, emb, extras: dict):
+        import torch
         import torch.nn.functional as F
 
         b, c, h, w = x.shape
-        tokens = x.reshape(b, c, h * w).permute(0, 2, 1)
+        tokens, ids = [_tokens(x)], [positions(h, w, x.device)]
+        refs = [extras[k] for k in sorted((k for k in extras if k.startswith("ref_")), key=lambda k: int(k[4:]))]
+        places = reference_positions([r.shape[-2:] for r in refs], (h, w), extras.get("reference_method", "index"))
+        for ref, (index, dh, dw) in zip(refs, places):  # after the image's tokens; their output is dropped
+            tokens.append(_tokens(ref.to(x.dtype).expand(b, -1, -1, -1)))
+            ids.append(positions(ref.shape[-2], ref.shape[-1], x.device, index, dh, dw))
         if emb.shape[1] < TEXT_TOKENS:  # ComfyUI's rule: zeros before the text
             emb = F.pad(emb, (0, 0, TEXT_TOKENS - emb.shape[1], 0))
         guidance = extras.get("guidance")  # None (Klein, FluxDisableGuidance): the embedder's term left out
-        out = transformer(hidden_states=tokens, encoder_hidden_states=emb, timestep=self.batch_timestep(t, x),
-                          img_ids=positions(h, w, x.device), txt_ids=text_positions(emb.shape[1], x.device),
+        out = transformer(hidden_states=torch.cat(tokens, dim=1), encoder_hidden_states=emb,
+                          timestep=self.batch_timestep(t, x), img_ids=torch.cat(ids),
+                          txt_ids=text_positions(emb.shape[1], x.device),
                           guidance=None if guidance is None else guidance.reshape(-1).to(x.dtype),
                           return_dict=False)[0]
-        return out.permute(0, 2, 1).reshape(b, -1, h, w).to(x.dtype)
+        return out[:, :h * w].permute(0, 2, 1).reshape(b, -1, h, w).to(x.dtype)
+
+
+def _tokens(latent):
+    """[B, C, h, w] -> [B, h*w, C]: one token per latent cell, row-major."""
+    b, c, h, w = latent.shape
+    return latent.reshape(b, c, h * w).permute(0, 2, 1)
 
 
 def build(state: dict, *, dtype, name: str) -> ModelHandle:
