@@ -94,7 +94,8 @@ class FluxKontextMultiReferenceLatentMethod(Node):
 
     category = _CAT
     display_name = "FluxKontextMultiReferenceLatentMethod"  # ComfyUI shows the node id (no display name of its own)
-    inputs = [_COND, Combo("reference_latents_method", ["offset", "index", "uxo/uno"])]
+    # index_timestep_zero: Qwen-Image-Edit-2511's references at timestep 0 (families/qwen_image.py)
+    inputs = [_COND, Combo("reference_latents_method", ["offset", "index", "uxo/uno", "index_timestep_zero"])]
     outputs = [Out("CONDITIONING")]
 
     def run(self, conditioning, reference_latents_method):

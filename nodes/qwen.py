@@ -1,11 +1,13 @@
 """Qwen-Image nodes (ComfyUI's comfy_extras/nodes_qwen.py names): the edit models' prompt encoders, which
 put pictures into the prompt through the Qwen2.5-VL vision tower and into the conditioning as reference
-latents (genloom.diffusion.models.qwen_edit), and Qwen-Image-Layered's empty latent."""
+latents (genloom.diffusion.models.qwen_edit), Qwen-Image-Layered's empty latent, and LatentCutToBatch,
+which ComfyUI added with Layered: its workflow cuts the sampled frames (composite, then the layers) into a
+batch before VAEDecode, so each decodes as its own picture."""
 
 from __future__ import annotations
 
 from genloom.engine.errors import NodeInputError
-from genloom.engine.node import Input, Int, Node, Out, String
+from genloom.engine.node import Combo, Input, Int, Node, Out, String
 
 from .latent import MAX_RESOLUTION
 
@@ -84,4 +86,28 @@ class EmptyQwenImageLayeredLatentImage(Node):
         return ({"samples": torch.zeros([batch_size, 16, layers + 1, height // 8, width // 8])},)
 
 
-NODES = [TextEncodeQwenImageEdit, TextEncodeQwenImageEditPlus, EmptyQwenImageLayeredLatentImage]
+class LatentCutToBatch(Node):
+    """Cuts a latent along frames (t), width (x) or height (y) into slices of `slice_size` and stacks them
+    in the batch, each sample's slices in order; a remainder shorter than a slice is dropped, and a slice
+    longer than the dimension takes all of it. A dimension a latent does not have (t of an image latent)
+    leaves it as it is."""
+
+    category = "latent/advanced"
+    display_name = "LatentCutToBatch"  # ComfyUI shows the node id (no display name of its own)
+    inputs = [Input("samples", "LATENT"), Combo("dim", ["t", "x", "y"]),
+              Int("slice_size", 1, min=1, max=MAX_RESOLUTION)]
+    outputs = [Out("LATENT")]
+
+    def run(self, samples, dim, slice_size):
+        x = samples["samples"]
+        axis = x.ndim - {"x": 1, "y": 2, "t": 3}[dim]
+        if axis < 2:  # the batch or channel axis: nothing to cut
+            return (samples,)
+        size = min(slice_size, x.shape[axis])
+        cut = x.movedim(axis, 1)
+        cut = cut[:, :cut.shape[1] // size * size]
+        cut = cut.reshape(-1, size, *cut.shape[2:]).movedim(1, axis)
+        return ({**samples, "samples": cut},)
+
+
+NODES = [TextEncodeQwenImageEdit, TextEncodeQwenImageEditPlus, EmptyQwenImageLayeredLatentImage, LatentCutToBatch]

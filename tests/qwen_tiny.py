@@ -81,14 +81,16 @@ def save_llm(module, path: Path, lm_head: bool = True) -> Path:
     return path
 
 
-def qwen_image_transformer(seed: int, text_width: int = 64):
+def qwen_image_transformer(seed: int, text_width: int = 64, depth: int = 2, heads: int = 2, **variant):
+    """`variant`: diffusers' zero_cond_t=True (Qwen-Image-Edit-2511), use_additional_t_cond=True and
+    use_layer3d_rope=True (Qwen-Image-Layered)."""
     import torch
     from diffusers import QwenImageTransformer2DModel
 
     torch.manual_seed(seed)
-    return QwenImageTransformer2DModel(patch_size=2, in_channels=64, out_channels=16, num_layers=2,
-                                       attention_head_dim=128, num_attention_heads=2,
-                                       joint_attention_dim=text_width, axes_dims_rope=(16, 56, 56)).eval()
+    return QwenImageTransformer2DModel(patch_size=2, in_channels=64, out_channels=16, num_layers=depth,
+                                       attention_head_dim=128, num_attention_heads=heads,
+                                       joint_attention_dim=text_width, axes_dims_rope=(16, 56, 56), **variant).eval()
 
 
 def z_image_transformer(seed: int, text_width: int = 64):
@@ -99,3 +101,25 @@ def z_image_transformer(seed: int, text_width: int = 64):
     return ZImageTransformer2DModel(in_channels=16, dim=256, n_layers=2, n_refiner_layers=1, n_heads=2,
                                     n_kv_heads=2, cap_feat_dim=text_width, axes_dims=[32, 48, 48],
                                     axes_lens=[64, 32, 32]).eval()
+
+
+def qwen_models(root: Path, clip_name: str, seed: int = 2):
+    """ComfyUI's model folders under `root` with the tiny Qwen2.5-VL encoder saved as `clip_name` and
+    the tokenizer beside it; returns the encoder."""
+    for sub in ("diffusion_models", "text_encoders", "vae"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    encoder = tiny_qwen25_vl(seed)
+    save_llm(encoder, root / "text_encoders" / clip_name)
+    write_tokenizer(root / "text_encoders" / "qwen25_tokenizer")
+    return encoder
+
+
+def edit_picture(size: int = 1024):
+    """A smooth picture with some noise (an RGB PIL image): what the edit tests show the models."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:size, 0:size] / float(size)
+    smooth = np.stack([yy, xx, (yy + xx) / 2], -1) * 200 + rng.integers(0, 55, (size, size, 3))
+    return Image.fromarray(smooth.astype(np.uint8))

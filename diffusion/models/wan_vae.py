@@ -136,7 +136,8 @@ def config_from_shapes(shapes: dict) -> dict:
     if any(k.startswith("encoder.downsamples.11.") for k in shapes):
         raise CheckpointError("this Wan VAE has more levels than Wan 2.1's (a Wan 2.2 5B VAE?): not supported yet")
     return {"base_dim": base, "z_dim": z_dim, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 2,
-            "attn_scales": [], "temperal_downsample": [False, True, True]}
+            "attn_scales": [], "temperal_downsample": [False, True, True],
+            "in_channels": shapes["encoder.conv1.weight"][1], "out_channels": shapes["decoder.head.2.weight"][0]}
 
 
 @dataclass(frozen=True, eq=False)
@@ -158,16 +159,21 @@ class VideoVaeHandle(VaeHandle):
         return 1.0  # the MODEL's latent format (per-channel mean/std) does the scaling
 
     def encode(self, images):
-        """Frames [T, H, W, C] 0..1 -> raw latents [1, C, 1 + (T - 1) // 4, H / 8, W / 8] (posterior mean)."""
+        """Frames [T, H, W, C] 0..1 -> raw latents [1, C, 1 + (T - 1) // 4, H / 8, W / 8] (posterior mean).
+        An RGBA VAE (Qwen-Image-Layered's) given RGB frames gets them opaque: alpha 1, as ComfyUI pads."""
         import torch
+        import torch.nn.functional as F
 
+        channels = int(self.vae.config.in_channels) // int(self.vae.config.patch_size or 1) ** 2  # Wan 2.2: 12 / 2x2
         with torch.no_grad(), self.use() as vae:
             param = next(vae.parameters())
-            x = images[..., :3].movedim(-1, 0).unsqueeze(0).to(param.device, param.dtype) * 2.0 - 1.0
+            x = images[..., :channels].movedim(-1, 0).unsqueeze(0).to(param.device, param.dtype) * 2.0 - 1.0
+            if x.shape[1] < channels:
+                x = F.pad(x, (0, 0, 0, 0, 0, 0, 0, channels - x.shape[1]), value=1.0)
             return vae.encode(x).latent_dist.mode().float().cpu()
 
     def decode(self, latents):
-        """Raw latents [B, C, T, h, w] (or [B, C, h, w]: one frame) -> frames [B * T', H, W, 3]."""
+        """Raw latents [B, C, T, h, w] (or [B, C, h, w]: one frame) -> frames [B * T', H, W, 3 or 4 (RGBA)]."""
         import torch
 
         if latents.ndim == 4:

@@ -51,8 +51,8 @@ SD3 = LatentFormat(1.5305, 0.0609, channels=16)
 FLUX = LatentFormat(0.3611, 0.1159, channels=16)
 # Playground v2.5 (ModelSamplingContinuousEDM's edm_playground_v2.5): per-channel mean/std, scale 0.5.
 PLAYGROUND_2_5 = LatentFormat(0.5, mean=(-1.6574, 1.886, -1.383, 2.5155), std=(8.4927, 5.9022, 6.5498, 5.2299))
-# Model kinds whose latents are videos, [B, C, T, H, W].
-VIDEO_KINDS = frozenset({"wan"})
+# Model kinds whose latents are videos, [B, C, T, H, W] (Qwen-Image-Layered's frames are its layers).
+VIDEO_KINDS = frozenset({"wan", "qwen_image_layered"})
 # Model kind (ModelHandle.kind) -> its family's format.
 BY_KIND = {"sd1": SD1, "sd2": SD1, "sdxl": SDXL, "sdxl_refiner": SDXL, "sd3": SD3, "flux": FLUX}
 

@@ -46,21 +46,14 @@ def edit(tmp_path_factory):
 
     torch.set_num_threads(2)
     models = tmp_path_factory.mktemp("models")
-    for sub in ("diffusion_models", "text_encoders", "vae"):
-        (models / sub).mkdir()
+    encoder = qwen_tiny.qwen_models(models, CLIP)
     transformer = qwen_tiny.qwen_image_transformer(1)
     qwen_image.save_original(transformer, models / "diffusion_models" / UNET, "model.diffusion_model.")
-    encoder = qwen_tiny.tiny_qwen25_vl(2)
-    qwen_tiny.save_llm(encoder, models / "text_encoders" / CLIP)
-    qwen_tiny.write_tokenizer(models / "text_encoders" / "qwen25_tokenizer")
     torch.manual_seed(3)
     vae = AutoencoderKLQwenImage(base_dim=8, z_dim=16).eval()  # it encodes megapixel pictures here
     wan_vae.save_original(vae, models / "vae" / VAE)
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:1024, 0:1024] / 1024.0
-    smooth = np.stack([yy, xx, (yy + xx) / 2], -1) * 200 + rng.integers(0, 55, (1024, 1024, 3))
     inputs = tmp_path_factory.mktemp("input")
-    Image.fromarray(smooth.astype(np.uint8)).save(inputs / "edit_source.png")
+    qwen_tiny.edit_picture().save(inputs / "edit_source.png")
     return {"models": models, "inputs": inputs, "transformer": transformer, "encoder": encoder, "vae": vae,
             "picture": Image.open(inputs / "edit_source.png").convert("RGB")}
 
@@ -301,18 +294,3 @@ def test_example_workflow_validates_and_runs(edit, tmp_path):
                 for ui in result.outputs.values() for e in ui.get("images", [])]
     assert [p.size for p in pictures] == [(SIZE, SIZE)]
     assert np.asarray(pictures[0]).std() > 0
-
-
-def test_layered_transformer_is_refused_by_name(tmp_path):
-    from diffusers import QwenImageTransformer2DModel
-
-    from genloom.diffusion.errors import CheckpointError
-    from genloom.diffusion.models.families import load_diffusion_model
-
-    torch.manual_seed(0)
-    layered = QwenImageTransformer2DModel(patch_size=2, in_channels=64, out_channels=16, num_layers=1,
-                                          attention_head_dim=128, num_attention_heads=1, joint_attention_dim=64,
-                                          use_additional_t_cond=True, use_layer3d_rope=True)
-    qwen_image.save_original(layered, tmp_path / "qwen_image_layered_bf16.safetensors", "model.diffusion_model.")
-    with pytest.raises(CheckpointError, match="Qwen-Image-Layered"):
-        load_diffusion_model(tmp_path / "qwen_image_layered_bf16.safetensors")

@@ -32,7 +32,7 @@ FACTS = {  # read from ComfyUI's comfy_extras/nodes_flux.py and nodes_edit_model
     "FluxKontextImageScale": {"category": CAT, "output": ["IMAGE"], "required": [("image", "IMAGE")]},
     "FluxKontextMultiReferenceLatentMethod": {
         "category": CAT, "output": ["CONDITIONING"],
-        "required": [_COND, ("reference_latents_method", ["offset", "index", "uxo/uno"])]},
+        "required": [_COND, ("reference_latents_method", ["offset", "index", "uxo/uno", "index_timestep_zero"])]},
     "ReferenceLatent": {"category": "advanced/conditioning/edit_models", "output": ["CONDITIONING"],
                         "required": [_COND], "optional": [("latent", "LATENT")]},
 }
