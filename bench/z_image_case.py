@@ -15,8 +15,10 @@ import torch
 
 PROMPT = "a red fox sitting in fresh snow"
 FULL_DEPTH = (2, 30)  # (refiner blocks of each kind, main blocks)
+# The generation prompt as a Jinja expression: Jinja drops a template's trailing newline, and the pipeline would
+# then encode one token fewer than genloom's (and ComfyUI's) `...<|im_start|>assistant\n`.
 TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-            "<|im_start|>assistant\n")
+            "{{ '<|im_start|>assistant\\n' }}")
 
 
 def parts(depth: tuple[int, int], dtype):

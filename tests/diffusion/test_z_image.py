@@ -113,3 +113,28 @@ def test_full_size_configs_are_read_from_the_shapes():
     shapes = {k: tuple(v.shape) for k, v in qwen3.state_dict().items() if k != "lm_head.weight"}
     read = llm_encoders.config_from_shapes(shapes, llm_encoders.detect(shapes))
     assert {k: read[k] for k in four_b} == four_b and read["tie_word_embeddings"] is True
+
+
+def test_bfloat16_network_gets_a_float32_timestep():
+    """As ZImagePipeline calls it (float32 latents, timestep (1000 - t) / 1000): 1 - sigma reaches a
+    bfloat16 transformer unrounded, so the prediction equals the pipeline's call exactly."""
+    from genloom.diffusion.sampling import latent_formats, model_sampling
+
+    transformer = qwen_tiny.z_image_transformer(1).to(torch.bfloat16)
+    model = z_image.ZImageHandle(unet=transformer, latent_channels=16, vae_scale_factor=8, name="tiny",
+                                 prediction_type="flow", sampling=model_sampling.flow(shift=3.0, multiplier=1.0),
+                                 latent_format=latent_formats.FLUX)
+    torch.manual_seed(0)
+    x = torch.randn(1, 16, 4, 4).to(torch.bfloat16)
+    emb = torch.randn(1, 5, 64).to(torch.bfloat16)
+    sigma = 0.4990234375  # 1 - sigma = 0.5 + 2**-10: exact in float32 either way, not in bfloat16
+    with torch.no_grad():
+        ours = model.predict(transformer, x, torch.tensor([sigma]), emb, {})
+
+        def pipeline_call(timestep):
+            return -transformer([x[0].unsqueeze(1)], timestep, [emb[0]], return_dict=False)[0][0].squeeze(1)
+
+        ref = pipeline_call(torch.tensor([(1000.0 - sigma * 1000.0) / 1000.0]))
+        rounded = pipeline_call(torch.tensor([1.0 - sigma]).to(torch.bfloat16))
+    assert ours.shape == (1, 16, 4, 4) and torch.equal(ours[0], ref)
+    assert not torch.equal(ref, rounded)  # the check tells the two apart

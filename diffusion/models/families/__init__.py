@@ -48,11 +48,11 @@ class DiTHandle(ModelHandle):
     """The base of the transformer families' MODEL handles (`unet` holds the transformer)."""
 
     @staticmethod
-    def batch_timestep(t, x):
-        """The sampler's timestep as one value per batch row, in x's dtype and device."""
+    def batch_timestep(t, x, dtype=None):
+        """The sampler's timestep as one value per batch row, on x's device, in `dtype` (default x's)."""
         import torch
 
-        t = torch.as_tensor(t, device=x.device).reshape(-1).to(x.dtype)
+        t = torch.as_tensor(t, device=x.device).reshape(-1).to(dtype or x.dtype)
         return t.expand(x.shape[0]) if t.numel() == 1 else t
 
     @contextmanager

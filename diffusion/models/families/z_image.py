@@ -107,8 +107,10 @@ class ZImageHandle(DiTHandle):
         import torch
 
         frames = x if x.ndim == 5 else x.unsqueeze(2)  # [B, C, 1, h, w]
-        out = transformer(list(frames.unbind(0)), 1.0 - self.batch_timestep(t, x), list(emb.unbind(0)),
-                          return_dict=False)[0]
+        # The timestep stays float32 for a bfloat16 network, as ZImagePipeline (float32 latents) and ComfyUI
+        # (`.float()`) pass it: bfloat16 would round 1 - sigma to 3 digits before the sinusoidal embedding.
+        timestep = 1.0 - self.batch_timestep(t, x, torch.float32)
+        out = transformer(list(frames.unbind(0)), timestep, list(emb.unbind(0)), return_dict=False)[0]
         out = -torch.stack([o.to(x.dtype) for o in out])
         return out if x.ndim == 5 else out.squeeze(2)
 
