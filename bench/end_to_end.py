@@ -51,14 +51,16 @@ def sync(device: str) -> None:
 def best_of(fns: list, reps: int, device: str) -> list[tuple[float, float]]:
     """(best wall seconds, best process CPU seconds) of each function over `reps` rounds.
 
-    The functions take turns within each round, so load from other processes hits them alike."""
+    The functions take turns within each round, in an order that alternates from round to round, so
+    load from other processes, and whatever the one before leaves behind, hit them alike."""
     for fn in fns:
         fn(0)  # warm-up: first-call allocations and kernel selection
     sync(device)
     walls = [[] for _ in fns]
     cpus = [[] for _ in fns]
     for i in range(reps):
-        for k, fn in enumerate(fns):
+        order = list(enumerate(fns))
+        for k, fn in (order if i % 2 == 0 else order[::-1]):
             w, c = time.perf_counter(), time.process_time()
             fn(i + 1)
             sync(device)
