@@ -188,27 +188,29 @@ class Control:
                                                    sums) if value is not None}
 
     def sd3_inputs(self, handle, x, t, emb, pooled, sigma: float | None = None) -> dict:
-        """The SD3 transformer's block residuals (block_controlnet_hidden_states) from every live
-        Control: the network gets zeros for the pooled text when its config says so (InstantX's),
-        the text unless it has no context embedder; its i-th output goes to blocks i*k ..
-        i*k+k-1, k = depth // outputs, the last block none (ComfyUI's spreading). SD3.5's official
-        ControlNets (models/control_sd35.py) take no text, the image tokens from the model's own
-        pos_embed, the real pooled text and the hint latent with the format's shift, prepared by
-        their control type."""
+        """The SD3 transformer's block residuals (block_controlnet_hidden_states, one per joint
+        block, the last included: the handle adds that one itself) from every live Control: the
+        network gets zeros for the pooled text when its config says so (InstantX's), the text unless
+        it has no context embedder. ComfyUI's spreading: InstantX's i-th output goes to blocks
+        i*k .. i*k+k-1, k = depth // outputs, less the last of them (so the last block gets none);
+        SD3.5's official ControlNets' to every block, k = ceil(depth / outputs) a piece. Those
+        (models/control_sd35.py) take no text, ComfyUI's image tokens (`input_tokens`), the real
+        pooled text and the hint latent with the format's shift, prepared by their control type."""
         import torch
 
-        from .models.control_sd35 import hint_transform
+        from .models.control_sd35 import hint_transform, input_tokens
 
         depth = len(handle.unet.transformer_blocks)
         total = None
         for c in self._live_of(handle, t, sigma, SD3_CONTROLNET, "SD3"):
             net = c.model.module
             tokens = x
-            if net.pos_embed is None:  # SD3.5's: the base model's patch and position embedding
+            sd35 = net.pos_embed is None
+            if sd35:
                 if handle.unet.inner_dim != net.inner_dim:
                     raise SamplingError(f"ControlNet {c.model.name!r} does not fit this model: it is "
                                         f"{net.inner_dim} wide, the model {handle.unet.inner_dim}")
-                tokens = handle.unet.pos_embed(x)
+                tokens = input_tokens(handle.unet, x)
             zeros = net.config.force_zeros_for_pooled_projection
             prepare = hint_transform(getattr(net, "hint_kind", ""))
             hint = c._latent_hint(handle, x, shifted=not zeros, prepare=prepare)
@@ -216,10 +218,9 @@ class Control:
                 (outs,) = net(hidden_states=tokens, controlnet_cond=hint, conditioning_scale=float(c.strength),
                               encoder_hidden_states=emb if net.context_embedder is not None else None, timestep=t,
                               pooled_projections=torch.zeros_like(pooled) if zeros else pooled, return_dict=False)
-            k = depth // len(outs)
-            spread = [outs[j // k] if j // k < len(outs) else torch.zeros_like(outs[0]) for j in range(depth)]
-            spread[-1] = torch.zeros_like(outs[0])
-            total = _add(total, spread)
+            k = -(-depth // len(outs)) if sd35 else depth // len(outs)
+            used = depth if sd35 else k * len(outs) - 1
+            total = _add(total, [outs[j // k] if j < used else torch.zeros_like(outs[0]) for j in range(depth)])
         return {} if total is None else {"block_controlnet_hidden_states": total}
 
     def _latent_hint(self, handle, x, shifted: bool, prepare=None):

@@ -7,10 +7,15 @@
   (hint convolutions, 2x2 packing, timestep embeddings, the double block's modulated attention
   with rotary embeddings), a whole run against diffusers' FluxControlNetPipeline (which cycles them
   too: controlnet_blocks_repeat), and a run through genloom.Engine with strength 0 / 1.
-- Stability's SD3.5 ControlNets (sd3.5_large_controlnet_*.safetensors): no text input, the base
-  model's patch embedding, the real pooled text, `control_type` in the file. Written in Stability's
-  names from a diffusers SD3ControlNetModel (the test's own renames, the inverse of diffusers'
-  convert_sd3_controlnet_to_diffusers.py), compared with StableDiffusion3ControlNetPipeline.
+- Stability's SD3.5 ControlNets (sd3.5_large_controlnet_*.safetensors): no text input, the real
+  pooled text, `control_type` in the file. Written in Stability's names from a diffusers
+  SD3ControlNetModel (the test's own renames, the inverse of diffusers'
+  convert_sd3_controlnet_to_diffusers.py). ComfyUI's computation, which diffusers' pipeline does not
+  make, is written out here: the image tokens are the base model's patch projection plus ComfyUI's
+  sin-cos table (its grid written below, the sin-cos from diffusers' get_2d_sincos_pos_embed_from_grid),
+  and the residuals reach every joint block, the last included. The residuals are checked against
+  diffusers' SD3ControlNetModel fed those tokens, whole runs against StableDiffusion3ControlNetPipeline
+  made to compute ComfyUI's rule by hooks in the test (`_sd35_theirs`).
 
 The base models are tiny (tests/tiny_flux.py, tests/tiny_split.py); the XLabs base has three double
 blocks for the ControlNet's two, so cycling (0, 1, 0) differs from diffusers' InstantX spreading (0,
@@ -342,7 +347,9 @@ def sd35(sd3_cn):
     folder = sd3_cn["root"] / "controlnet"
     save_file(stability_layout(net, 0), str(folder / SD35_BLUR))
     save_file(stability_layout(net, 1), str(folder / SD35_CANNY))
-    save_file(stability_layout(net, 2), str(folder / SD35_DEPTH))
+    depth = stability_layout(net, 2)  # with a patch embedding of its own, which ComfyUI never uses
+    depth["x_embedder.proj.weight"], depth["x_embedder.proj.bias"] = torch.ones(64, 16, 2, 2), torch.ones(64)
+    save_file(depth, str(folder / SD35_DEPTH))
     net.save_pretrained(str(folder / SD35_FOLDER.split("/")[0]), safe_serialization=True)
     return {**sd3_cn, "sd35": net}
 
@@ -367,9 +374,33 @@ def test_sd35_files_load_to_the_same_weights_in_both_layouts(sd35_ctx):
         assert control.module.pos_embed is None and control.module.context_embedder is None
 
 
+def comfy_table(width: int, h: int, w: int):
+    """ComfyUI's SD3.5 ControlNet position table (get_2d_sincos_pos_embed_torch in its mmdit.py):
+    an h x w grid spread over 15 units on the shorter side around 7.5, the column position's sin-cos
+    in the first half of the width, the row's in the second; the sin-cos from diffusers' function,
+    which encodes grid[0] first."""
+    from diffusers.models.embeddings import get_2d_sincos_pos_embed_from_grid
+
+    small = min(h, w)
+    rows = 7.5 + 7.5 * h / small * torch.linspace(-1, 1, h)
+    cols = 7.5 + 7.5 * w / small * torch.linspace(-1, 1, w)
+    grid = torch.stack([cols.repeat(h), rows.repeat_interleave(w)])
+    return get_2d_sincos_pos_embed_from_grid(width, grid).float()
+
+
+def comfy_tokens(transformer, x):
+    """The ControlNet's image tokens in ComfyUI: the base model's x_embedder (the patch convolution)
+    plus comfy_table."""
+    tokens = torch.nn.functional.conv2d(x, transformer.pos_embed.proj.weight, transformer.pos_embed.proj.bias,
+                                        stride=2).flatten(2).transpose(1, 2)
+    return tokens + comfy_table(tokens.shape[-1], x.shape[2] // 2, x.shape[3] // 2)
+
+
 def _sd35_theirs(parts, scale, start, end, control_image, controlnet):
-    """StableDiffusion3ControlNetPipeline with the SD3.5 ControlNet (a copy: the pipeline gives it
-    the transformer's pos_embed)."""
+    """StableDiffusion3ControlNetPipeline with the SD3.5 ControlNet (a copy) made to compute
+    ComfyUI's rule by hooks: the ControlNet takes comfy_tokens of the latent instead of the
+    transformer's pos_embed the pipeline lends it, and the last joint block's output gets the
+    residual of ControlNet output (depth - 1) // ceil(depth / outputs), which diffusers leaves out."""
     import copy
 
     import diffusers
@@ -379,14 +410,81 @@ def _sd35_theirs(parts, scale, start, end, control_image, controlnet):
     pipe = tiny_split.sd3_pipeline(parts)
     pipe = diffusers.StableDiffusion3ControlNetPipeline(**pipe.components, controlnet=copy.deepcopy(controlnet))
     pipe.set_progress_bar_config(disable=True)
+    base, seen = pipe.transformer, {}
+    pipe.controlnet.pos_embed = None
+
+    def tokens(_module, args, kwargs):
+        return args, {**kwargs, "hidden_states": comfy_tokens(base, kwargs["hidden_states"])}
+
+    def residuals(_module, _args, kwargs):
+        seen["res"] = kwargs["block_controlnet_hidden_states"]
+
+    def last(_module, _args, out):
+        depth, res = len(base.transformer_blocks), seen["res"]
+        return out[0], out[1] + res[(depth - 1) // math.ceil(depth / len(res))]
+
+    hooks = [pipe.controlnet.register_forward_pre_hook(tokens, with_kwargs=True),
+             base.register_forward_pre_hook(residuals, with_kwargs=True),
+             base.transformer_blocks[-1].register_forward_hook(last)]
     noise = torch.randn((1, 16, SD3_SIZE // 8, SD3_SIZE // 8), generator=torch.Generator("cpu").manual_seed(SEED))
-    with torch.no_grad():
-        out = pipe(PROMPT, PROMPT, PROMPT, negative_prompt="blurry", negative_prompt_2="blurry",
-                   negative_prompt_3="blurry", height=SD3_SIZE, width=SD3_SIZE, num_inference_steps=STEPS,
-                   guidance_scale=SD3_CFG, latents=noise, max_sequence_length=77, output_type="pt",
-                   control_image=control_image, controlnet_conditioning_scale=scale, control_guidance_start=start,
-                   control_guidance_end=end).images
+    try:
+        with torch.no_grad():
+            out = pipe(PROMPT, PROMPT, PROMPT, negative_prompt="blurry", negative_prompt_2="blurry",
+                       negative_prompt_3="blurry", height=SD3_SIZE, width=SD3_SIZE, num_inference_steps=STEPS,
+                       guidance_scale=SD3_CFG, latents=noise, max_sequence_length=77, output_type="pt",
+                       control_image=control_image, controlnet_conditioning_scale=scale,
+                       control_guidance_start=start, control_guidance_end=end).images
+    finally:
+        for hook in hooks:  # the transformer is the module's shared one
+            hook.remove()
     return out.permute(0, 2, 3, 1)
+
+
+def test_sd35_position_table_is_comfyuis():
+    """On a 3 x 5 grid (rows and columns told apart); diffusers' own base-size table, which its
+    pipelines use, is another one (positions 0, 4, 8, 12 on a 4-wide side where ComfyUI has 0, 5, 10, 15)."""
+    from diffusers.models.embeddings import get_2d_sincos_pos_embed
+
+    from genloom.diffusion.models.control_sd35 import sincos_table
+
+    ours = sincos_table(64, 3, 5)
+    assert ours.shape == (15, 64)
+    torch.testing.assert_close(ours, comfy_table(64, 3, 5), atol=1e-5, rtol=0)
+    assert float((sincos_table(64, 4, 4) - get_2d_sincos_pos_embed(64, (4, 4), base_size=16).float()).abs().max()) > 0.1
+
+
+def test_sd35_residuals_are_comfyuis_and_reach_the_last_block(sd35_ctx):
+    """The residuals equal diffusers' SD3ControlNetModel fed comfy_tokens (its 3-D input), with the hint
+    latent genloom gave it, times the strength, and reach both joint blocks of the base model (one
+    output, ceil(2 / 1) = 2 blocks a piece), the last one included."""
+    from genloom.diffusion.controlnet import Control
+    from genloom.nodes.controlnet import ControlNetLoader
+    from genloom.nodes.loaders import VAELoader
+    from genloom.nodes.loaders_split import UNETLoader
+
+    (model,) = UNETLoader().run("tiny-sd3.safetensors", "default")
+    (vae,) = VAELoader().run("tiny-sd3-vae.safetensors")
+    (control,) = ControlNetLoader().run(SD35_BLUR)
+    hint = torch.from_numpy(SD3_HINT).float().movedim(-1, 0)[None] / 255.0
+    gen = torch.Generator().manual_seed(3)
+    x, pooled = torch.randn(2, 16, 8, 8, generator=gen), torch.randn(2, control.module.config.pooled_projection_dim,
+                                                                     generator=gen)
+    t, seen = torch.full((2,), 600.0), {}
+    hook = control.module.register_forward_pre_hook(lambda _m, _a, kw: seen.update(kw), with_kwargs=True)
+    try:
+        with torch.no_grad():
+            got = Control(control, hint, 0.9, vae=vae).sd3_inputs(model, x, t, torch.randn(2, 4, 64), pooled,
+                                                                  sigma=0.6)["block_controlnet_hidden_states"]
+    finally:
+        hook.remove()
+    with torch.no_grad():
+        (want,) = sd35_ctx["sd35"](hidden_states=comfy_tokens(sd35_ctx["parts"]["transformer"], x),
+                                   controlnet_cond=seen["controlnet_cond"], timestep=t, pooled_projections=pooled,
+                                   conditioning_scale=0.9, return_dict=False)
+    assert len(got) == len(model.unet.transformer_blocks) == 2 and len(want) == 1
+    for residual in got:
+        torch.testing.assert_close(residual, want[0], atol=1e-5, rtol=1e-5)
+    assert float(want[0].abs().max()) > 1e-2
 
 
 def test_sd35_blur_controlnet_equals_the_pipeline(sd35_ctx):
@@ -409,6 +507,49 @@ def test_sd35_controlnet_takes_comfyuis_hint_for_its_control_type_with_a_window(
     _close(ours, _sd35_theirs(sd35_ctx["parts"], 1.1, 0.2, 0.8, prepared(hint) * 2 - 1, sd35_ctx["sd35"]))
     blur = _sd3_ours(SD35_BLUR, 1.1, 0.2, 0.7)
     assert float((ours - blur).abs().max()) > 1e-3  # the control type mattered
+
+
+def test_instantx_outputs_spread_as_comfyui_when_the_depth_is_not_a_multiple(sd35_ctx):
+    """InstantX's SD3 ControlNets in ComfyUI: depth // outputs copies of each output, one less of the
+    last; a 2-block ControlNet on a 3-block model gives one copy of output 0 for block 0 and nothing
+    else (diffusers' pipeline, interval 1.5, would give block 1 output 0 as well)."""
+    from diffusers import SD3ControlNetModel, SD3Transformer2DModel
+
+    import tiny_split
+    from genloom.diffusion.controlnet import Control, ControlModel
+    from genloom.diffusion.models.families.sd3 import SD3Handle
+    from genloom.diffusion.sampling import latent_formats, model_sampling
+    from genloom.nodes.loaders import VAELoader
+
+    torch.manual_seed(4)
+    pooled_dim = tiny_split.CLIP_L + tiny_split.CLIP_G
+    base = SD3Transformer2DModel(sample_size=16, patch_size=2, in_channels=16, num_layers=3, attention_head_dim=32,
+                                 num_attention_heads=2, joint_attention_dim=32, caption_projection_dim=64,
+                                 pooled_projection_dim=pooled_dim, out_channels=16, pos_embed_max_size=8)
+    net = SD3ControlNetModel(sample_size=16, patch_size=2, in_channels=16, num_layers=2, attention_head_dim=32,
+                             num_attention_heads=2, joint_attention_dim=32, caption_projection_dim=64,
+                             pooled_projection_dim=pooled_dim, out_channels=16, pos_embed_max_size=8).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn_like(p) * 0.1)
+    handle = SD3Handle(unet=base, latent_channels=16, vae_scale_factor=8, name="three", prediction_type="flow",
+                       sampling=model_sampling.flow(shift=3.0), latent_format=latent_formats.SD3)
+    (vae,) = VAELoader().run("tiny-sd3-vae.safetensors")
+    x, emb, pooled = torch.randn(1, 16, 8, 8), torch.randn(1, 4, 32), torch.randn(1, pooled_dim)
+    t, seen = torch.full((1,), 500.0), {}
+    hook = net.register_forward_pre_hook(lambda _m, _a, kw: seen.update(kw), with_kwargs=True)
+    try:
+        with torch.no_grad():
+            got = Control(ControlModel(net, "sd3_controlnet", "sd3", "instantx"), torch.rand(1, 3, 64, 64),
+                          vae=vae).sd3_inputs(handle, x, t, emb, pooled, sigma=0.5)["block_controlnet_hidden_states"]
+    finally:
+        hook.remove()
+    with torch.no_grad():
+        (want,) = net(hidden_states=x, controlnet_cond=seen["controlnet_cond"], encoder_hidden_states=emb, timestep=t,
+                      pooled_projections=torch.zeros_like(pooled), return_dict=False)
+    assert len(got) == 3 and float(want[0].abs().max()) > 1e-3
+    torch.testing.assert_close(got[0], want[0])
+    assert not got[1].any() and not got[2].any()
 
 
 def test_sd35_controlnet_refuses_a_model_of_another_width(sd35_ctx):

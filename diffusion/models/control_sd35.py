@@ -2,9 +2,13 @@
 `sd3.5_large_controlnet_*.safetensors`), loaded as diffusers' SD3ControlNetModel.
 
 These differ from InstantX's SD3 ControlNets: no text input (no context embedder; its blocks are
-single-stream DiT blocks on the image tokens), no patch or position embedding of their own (the image
-tokens come from the base model's pos_embed, as StableDiffusion3ControlNetPipeline attaches it), the
-real pooled text (not zeros), the hint latent in the model's full latent format (with its shift).
+single-stream DiT blocks on the image tokens), no patch or position embedding of their own, the real
+pooled text (not zeros), the hint latent in the model's full latent format (with its shift). Their
+image tokens are ComfyUI's (`input_tokens`): the base model's patch projection (ComfyUI copies the
+base model's x_embedder into the ControlNet before the run, so a file's own is never used and is
+dropped here) plus a sin-cos table computed for the latent's size, not the base model's stored
+table that diffusers' StableDiffusion3ControlNetPipeline lends the ControlNet. Their outputs reach
+every joint block of the base model, the last included (controlnet.py `sd3_inputs`).
 The file's layout, as Stability saves it (diffusers' convert_sd3_controlnet_to_diffusers.py reads
 the same names):
   time_text_embed.{timestep,text}_embedder.linear_{1,2}   diffusers' names already
@@ -32,6 +36,8 @@ KINDS = {0: "blur", 1: "canny", 2: "depth"}
 BLOCK = {"adaLN_modulation.1": "norm1.linear", "attn.proj": "attn.to_out.0", "mlp.fc1": "ff.net.0.proj",
          "mlp.fc2": "ff.net.2"}
 KEPT = ("time_text_embed.", "pos_embed_input.", "controlnet_blocks.")
+# A patch embedding in the file: ComfyUI overwrites it with the base model's before every run.
+UNUSED = ("x_embedder.", "pos_embed.")
 
 
 def is_sd35(keys, config) -> bool:
@@ -44,7 +50,7 @@ def sd35_controlnet(state: dict, config, path: Path):
     diffusers' converted one; `hint_kind` on the module says the file's control type."""
     from diffusers import SD3ControlNetModel
 
-    state = dict(state)
+    state = {k: v for k, v in state.items() if not k.startswith(UNUSED)}
     kind = state.pop("control_type", None)
     if MARK in state:
         state = to_diffusers(state, path)
@@ -110,3 +116,34 @@ def hint_transform(kind: str):
     if kind == "depth":
         return lambda a: 1.0 - a
     return None
+
+
+def input_tokens(base, x):
+    """The ControlNet's image tokens as ComfyUI makes them: the base transformer's patch projection of
+    the latent x [B, C, H, W] plus `sincos_table` for its patch grid, added in float32 (ComfyUI adds
+    the float32 table into the tokens in place)."""
+    tokens = base.pos_embed.proj(x).flatten(2).transpose(1, 2)
+    patch = base.config.patch_size
+    table = sincos_table(tokens.shape[-1], (x.shape[-2] + 1) // patch, (x.shape[-1] + 1) // patch, x.device)
+    return (tokens.float() + table).to(tokens.dtype)
+
+
+def sincos_table(width: int, h: int, w: int, device=None):
+    """ComfyUI's get_2d_sincos_pos_embed_torch (mmdit.py, the default centre and magnitude 7.5):
+    positions spread evenly over 15 units on the shorter side (centred on 7.5, the longer side
+    proportionally wider), the first half of the width the sin-cos of the column position, the second
+    of the row position, rows of the grid one after the other. [h * w, width], float32."""
+    import torch
+
+    small = min(h, w)
+    rows = torch.linspace(7.5 - 7.5 * h / small, 7.5 + 7.5 * h / small, h, device=device)
+    cols = torch.linspace(7.5 - 7.5 * w / small, 7.5 + 7.5 * w / small, w, device=device)
+    grid_rows, grid_cols = torch.meshgrid(rows, cols, indexing="ij")
+    quarter = width // 4
+    freqs = 1.0 / 10000 ** (torch.arange(quarter, device=device, dtype=torch.float32) / quarter)
+
+    def waves(pos):
+        angles = pos.reshape(-1, 1) * freqs
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    return torch.cat([waves(grid_cols), waves(grid_rows)], dim=1)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from genloom.diffusion.errors import CheckpointError, SamplingError
@@ -128,8 +129,26 @@ class SD3Handle(DiTHandle):
         more = {"skip_layers": list(self.skip_layers)} if self.skip_layers else {}
         if extras.get("control") is not None:  # its block residuals, from the same inputs
             more.update(extras["control"].sd3_inputs(self, x, timestep, emb, extras["pooled_projections"]))
-        return transformer(hidden_states=x, encoder_hidden_states=emb, timestep=timestep,
-                           pooled_projections=extras["pooled_projections"], return_dict=False, **more)[0]
+        with _after_last_block(transformer, more.get("block_controlnet_hidden_states")):
+            return transformer(hidden_states=x, encoder_hidden_states=emb, timestep=timestep,
+                               pooled_projections=extras["pooled_projections"], return_dict=False, **more)[0]
+
+
+@contextmanager
+def _after_last_block(transformer, residuals):
+    """ComfyUI adds a ControlNet residual after every joint block, the last included; diffusers'
+    SD3Transformer2DModel skips the last (its context half is pre-only). For this call the last
+    block's residual is added to what reaches the final norm (norm_out's first argument): the last
+    block's output, as nothing else comes between, skipped or not."""
+    if not residuals:
+        yield
+        return
+    last = residuals[-1]
+    hook = transformer.norm_out.register_forward_pre_hook(lambda _module, args: (args[0] + last, *args[1:]))
+    try:
+        yield
+    finally:
+        hook.remove()
 
 
 def skip_layer_guidance(model: SD3Handle, layers: tuple, scale: float, start_percent: float,
