@@ -125,6 +125,16 @@ def test_all_256_text_positions_act_as_the_compressed_training_input(loaded):
     assert gap < 1e-3
 
 
+def test_training_text_inputs_are_what_sampling_computes(loaded):
+    """Training runs T5 on 25 positions (the padding collapsed into one key per query) and CLIP up to
+    the last end token; sampling runs all 256 and 77. On the shipped encoders they agree to 0.2% of
+    the scale (CLIP exactly: its mask is causal)."""
+    _model, clip, _vae = loaded
+    captions = [s.caption for s in scenes.held_out_prompts(4, 7)] + [""]
+    gap = train_flow_model.text_gap(*clip.text_encoders, *train_flow_model.tokenize(captions))
+    assert gap["t5"] < 2e-3 and gap["clip"] < 1e-5
+
+
 def test_latents_are_about_unit_variance_in_fluxs_latent_format(loaded):
     _model, _clip, vae = loaded
     images, _drawn = scenes.dataset(64, seed=3)
