@@ -36,22 +36,46 @@ def chat_prompt(tokenizer, prompt: str, system: str | None = None, thinking: boo
     return "\n".join(m["content"] for m in messages)
 
 
-def place_pictures(text: str, count: int, templated: bool) -> str:
-    """`text` with a Qwen2.5-VL vision block (`<|vision_start|><|image_pad|><|vision_end|>`) per picture,
-    where ComfyUI puts them: templated, all at the start of the user's words; a raw prompt keeps the
-    placeholders it has and gets the missing ones after its first vision block, else after its
-    `<|im_start|>user\n`, else at its start. More placeholders than pictures is an error."""
+VIDEO_FPS, SAMPLED_FPS = 24, 1  # ComfyUI's TextGenerate: `video` frames are taken as 24 fps, read at 1 fps
+VIDEO_TOKENS = "<|vision_start|><|video_pad|><|vision_end|>"
+
+
+def sample_video(video):
+    """The frames TextGenerate reads of a `video` IMAGE batch [F, H, W, C]: one a second of its assumed
+    24 fps (frames 0, 24, 48, ...), as ComfyUI samples it; a clip under a second keeps its first frame."""
+    return video[::VIDEO_FPS // SAMPLED_FPS]
+
+
+def place_pictures(text: str, count: int, templated: bool, videos: int = 0) -> str:
+    """`text` with a Qwen2.5-VL vision block (`<|vision_start|><|image_pad|><|vision_end|>`) per picture
+    and a video block (`...<|video_pad|>...`) per video, where ComfyUI puts them: templated, all at the start
+    of the user's words, pictures first; a raw prompt keeps the placeholders it has and gets the missing
+    ones after its first vision block (videos: after its last one), else after its `<|im_start|>user\n`,
+    else at its start. More placeholders than pictures (or videos) is an error."""
     from genloom.diffusion.models.qwen_edit import VISION_TOKENS
 
     if templated:
-        return VISION_TOKENS * count + text
-    have = text.count("<|image_pad|>")
-    if have > count:
-        raise ValueError(f"the prompt has {have} <|image_pad|> placeholders for {count} picture(s)")
-    missing = VISION_TOKENS * (count - have)
-    for mark in (VISION_TOKENS, "<|im_start|>user\n"):
+        return VISION_TOKENS * count + VIDEO_TOKENS * videos + text
+    for block, pad, given, what in ((VISION_TOKENS, "<|image_pad|>", count, "picture"),
+                                    (VIDEO_TOKENS, "<|video_pad|>", videos, "video")):
+        have = text.count(pad)
+        if not given:  # nothing of this kind: its placeholders stay plain tokens
+            continue
+        if have > given:
+            raise ValueError(f"the prompt has {have} {pad} placeholders for {given} {what}(s)")
+        if block == VIDEO_TOKENS:  # after the last vision block, so a video follows the pictures
+            text = _insert(text, block * (given - have), (VIDEO_TOKENS, VISION_TOKENS, "<|im_start|>user\n"), True)
+        else:
+            text = _insert(text, block * (given - have), (VISION_TOKENS, "<|im_start|>user\n"), False)
+    return text
+
+
+def _insert(text: str, missing: str, marks: tuple, last: bool) -> str:
+    """`missing` after the first of `marks` that `text` holds (its last occurrence when `last`), else at
+    its start."""
+    for mark in marks:
         if missing and mark in text:
-            at = text.index(mark) + len(mark)
+            at = (text.rindex(mark) if last else text.index(mark)) + len(mark)
             return text[:at] + missing + text[at:]
     return missing + text
 
@@ -144,10 +168,11 @@ def generate(model, input_ids, *, max_new_tokens: int, eos_ids: set[int], sampli
 
 
 def write(model, tokenizer, text: str, *, max_new_tokens: int, sampling: Sampling | None = None,
-          templated: bool = True, on_token: Callable[[int, int], None] | None = None, images=()) -> str:
+          templated: bool = True, on_token: Callable[[int, int], None] | None = None, images=(), videos=()) -> str:
     """The text the model writes after `text` (already in its chat template when `templated`), on the
     engine's device through the memory manager. `images` (IMAGE tensors) fill the `<|image_pad|>` tokens
-    of `text` in order, through a Qwen2.5-VL model's vision tower (genloom.diffusion.models.qwen_edit)."""
+    of `text` in order, `videos` (IMAGE frames, already sampled at SAMPLED_FPS) its `<|video_pad|>` tokens,
+    through a Qwen2.5-VL model's vision tower (genloom.diffusion.models.qwen_edit)."""
     import torch
 
     from genloom.diffusion.models.owner import model_owner
@@ -155,12 +180,12 @@ def write(model, tokenizer, text: str, *, max_new_tokens: int, sampling: Samplin
     ids = tokenizer(text, return_tensors="pt", add_special_tokens=not templated).input_ids
     with torch.no_grad(), model_owner().memory.use(model) as live:
         vision = {}
-        if images:
+        if images or videos:
             from genloom.diffusion.models.qwen_edit import vision_inputs
 
-            pad = tokenizer.convert_tokens_to_ids("<|image_pad|>")
-            ids, vision["inputs_embeds"], vision["position_ids"] = vision_inputs(live.model, ids[0].tolist(),
-                                                                                list(images), pad)
+            pad, video_pad = tokenizer.convert_tokens_to_ids(["<|image_pad|>", "<|video_pad|>"])
+            ids, vision["inputs_embeds"], vision["position_ids"] = vision_inputs(
+                live.model, ids[0].tolist(), list(images), pad, list(videos), video_pad, video_fps=SAMPLED_FPS)
         new = generate(live, ids, max_new_tokens=max_new_tokens, sampling=sampling,
                        eos_ids=eos_token_ids(live, tokenizer), on_token=on_token, **vision)
     return tokenizer.decode(new, skip_special_tokens=True)

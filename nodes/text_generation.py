@@ -22,14 +22,16 @@ _SAMPLING = {
 
 class TextGenerate(Node):
     """Writes text with the language model of the CLIP input, from the prompt (greedy when sampling
-    is off, else seeded sampling) and, on a Qwen2.5-VL encoder, the pictures of `image`."""
+    is off, else seeded sampling) and, on a Qwen2.5-VL encoder, the pictures of `image` and the frames of
+    `video` (taken as 24 fps and read at 1 fps, as ComfyUI reads them)."""
 
     category = "text"
     display_name = "Generate Text"
     inputs = [Input("clip", "CLIP", tooltip="A language-model text encoder (CLIPLoader)."),
               String("prompt", "", multiline=True, dynamicPrompts=True),
               Input("image", "IMAGE", optional=True),
-              Input("video", "IMAGE", optional=True, tooltip="Frames, for video-language models."),
+              Input("video", "IMAGE", optional=True,
+                    tooltip="Video frames as an image batch, taken as 24 fps; read at 1 fps."),
               Input("audio", "AUDIO", optional=True),
               Int("max_length", 512, min=1, max=32768, tooltip="The most tokens to write."),
               *DynamicCombo("sampling_mode", _SAMPLING),
@@ -43,19 +45,25 @@ class TextGenerate(Node):
             thinking=False, use_default_template=True, **options):
         from genloom.diffusion import text_generation as lib
 
-        for name, value in (("video", video), ("audio", audio)):
-            if value is not None:
-                raise NodeInputError(name, f"genloom's TextGenerate reads text and pictures only; unlink {name}")
-        if image is not None and not any(getattr(getattr(m, "model", None), "visual", None) is not None
-                                         for m in getattr(clip, "text_encoders", ())):
-            raise NodeInputError("image", "this CLIP has no vision tower to read a picture with (Qwen3, CLIP and "
-                                          "T5 have none); load a Qwen2.5-VL encoder (CLIPLoader type qwen_image) "
-                                          "or unlink image")
+        if audio is not None:
+            raise NodeInputError("audio", "no text encoder genloom loads reads audio (in ComfyUI only Gemma 4 "
+                                          "E2B/E4B, with its audio tower, does); unlink audio")
+        tower = any(getattr(getattr(m, "model", None), "visual", None) is not None
+                    for m in getattr(clip, "text_encoders", ()))
+        for name, what, value in (("image", "a picture", image), ("video", "frames", video)):
+            if value is not None and not tower:
+                raise NodeInputError(name, f"this CLIP has no vision tower to read {what} with (Qwen3, CLIP and "
+                                           "T5 have none); load a Qwen2.5-VL encoder (CLIPLoader type "
+                                           f"qwen_image) or unlink {name}")
         model, tokenizer = _language_model(clip)
         pictures = [] if image is None else [image[i:i + 1] for i in range(image.shape[0])]
-        if pictures:
+        videos = [] if video is None else [lib.sample_video(video)]
+        if videos and tokenizer.convert_tokens_to_ids("<|video_pad|>") in (None, tokenizer.unk_token_id):
+            raise NodeInputError("video", "this encoder's tokenizer has no <|video_pad|> token; use Qwen's "
+                                          "tokenizer files (qwen25_tokenizer) or unlink video")
+        if pictures or videos:
             try:
-                prompt = lib.place_pictures(prompt, len(pictures), templated=use_default_template)
+                prompt = lib.place_pictures(prompt, len(pictures), templated=use_default_template, videos=len(videos))
             except ValueError as e:
                 raise NodeInputError("prompt", str(e)) from None
         sampling = None
@@ -66,7 +74,7 @@ class TextGenerate(Node):
         ctx = context.current()
         written = lib.write(model, tokenizer, text, max_new_tokens=int(max_length), sampling=sampling,
                             templated=use_default_template, on_token=ctx.progress,
-                            images=pictures)  # progress: interrupts too
+                            images=pictures, videos=videos)  # progress: interrupts too
         return (lib.split_thinking(written)[1] if thinking or lib.THINK_CLOSE in written else written,)
 
 

@@ -17,6 +17,9 @@ The rules, as ComfyUI applies them:
              merged patch tokens (one per 2 x 2 patches); the positions are Qwen2.5-VL's 3-D rotary ones
              (an image's tokens share a frame index and count rows and columns from where it starts;
              the text after it resumes past its larger side).
+  Video      (TextGenerate's `video`) every frame as a picture, frames paired into the 2-frame patches
+             (an odd count repeats the last), one `<|video_pad|>` per clip; its temporal patches step
+             the time axis by tokens_per_second x seconds per patch (`rope_positions`, docs/models.md).
 The encoder's output is cut where the t2i encoding cuts it (past the second `<|im_start|>user\\n`), so
 the system part is dropped and the vision tokens stay in the conditioning.
 """
@@ -69,23 +72,48 @@ def vision_size(height: int, width: int, cell: int) -> tuple[int, int]:
     return h, w
 
 
-def vision_patches(image, config):
-    """The first picture of IMAGE [B, H, W, C] -> (patches [gh * gw, 3 * t * p * p], grid [[1, gh, gw]]),
-    patches ordered merge-window by merge-window as the tower's patch embedding and merger expect."""
+def frame_pixels(frames, config):
+    """IMAGE [F, H, W, C] -> the tower's normalized pixels [F, 3, h, w]: bilinear to whole 28-pixel cells
+    (`vision_size` of the frames' size), CLIP's mean and std."""
     import torch
     import torch.nn.functional as F
 
+    pixels = frames[..., :3].movedim(-1, 1).float()
+    h, w = vision_size(pixels.shape[2], pixels.shape[3], config.patch_size * config.spatial_merge_size)
+    pixels = F.interpolate(pixels, size=(h, w), mode="bilinear", align_corners=False)
+    mean, std = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    return (pixels - mean) / std
+
+
+def patchify(pixels, config):
+    """Normalized frames [T, 3, h, w] (T a multiple of the temporal patch) -> (patches [T/t * gh * gw,
+    3 * t * p * p], grid [[T/t, gh, gw]]), ordered temporal patch by temporal patch, then merge window by
+    merge window, as the tower's patch embedding and merger expect."""
+    import torch
+
     p, t, m = config.patch_size, config.temporal_patch_size, config.spatial_merge_size
-    pixels = image[0, ..., :3].movedim(-1, 0).float()
-    h, w = vision_size(pixels.shape[1], pixels.shape[2], p * m)
-    pixels = F.interpolate(pixels[None], size=(h, w), mode="bilinear", align_corners=False)[0]
-    mean, std = torch.tensor(CLIP_MEAN).view(3, 1, 1), torch.tensor(CLIP_STD).view(3, 1, 1)
-    frames = ((pixels - mean) / std)[None].expand(t, -1, -1, -1)  # a still picture: the same frame t times
-    gh, gw = h // p, w // p
-    cells = frames.reshape(t, 3, gh // m, m, p, gw // m, m, p)
-    # -> (merge row, merge col, row in window, col in window, channel, frame, y, x)
-    cells = cells.permute(2, 5, 3, 6, 1, 0, 4, 7)
-    return cells.reshape(gh * gw, 3 * t * p * p), torch.tensor([[1, gh, gw]])
+    frames, gh, gw = pixels.shape[0], pixels.shape[2] // p, pixels.shape[3] // p
+    cells = pixels.reshape(frames // t, t, 3, gh // m, m, p, gw // m, m, p)
+    # -> (temporal patch, merge row, merge col, row in window, col in window, channel, frame, y, x)
+    cells = cells.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)
+    return cells.reshape(frames // t * gh * gw, 3 * t * p * p), torch.tensor([[frames // t, gh, gw]])
+
+
+def vision_patches(image, config):
+    """The first picture of IMAGE [B, H, W, C] -> (patches, grid [[1, gh, gw]]): a still picture is the
+    same frame t times."""
+    pixels = frame_pixels(image[:1], config)
+    return patchify(pixels.expand(config.temporal_patch_size, -1, -1, -1), config)
+
+
+def video_patches(frames, config):
+    """Frames IMAGE [F, H, W, C] -> (patches, grid [[ceil(F / t), gh, gw]]): every frame at the first's
+    vision size; an odd count repeats the last frame to fill the last 2-frame temporal patch."""
+    import torch
+
+    pixels = frame_pixels(frames, config)
+    missing = -pixels.shape[0] % config.temporal_patch_size
+    return patchify(torch.cat([pixels, pixels[-1:].expand(missing, -1, -1, -1)]), config)
 
 
 def encode(clip, prompt: str, images: list, template: str | None = None):
@@ -108,32 +136,76 @@ def encode(clip, prompt: str, images: list, template: str | None = None):
         return hidden[:, cut:].float().cpu()
 
 
-def vision_inputs(model, ids: list[int], images: list, pad: int):
+def vision_inputs(model, ids: list[int], images: list, pad: int, videos: list = (), video_pad: int | None = None,
+                  video_fps: float = 1.0):
     """(token ids [1, T'], input embeddings [1, T', D], 3-D rotary positions [3, 1, T'] or None without a
-    picture) of `ids` with each `pad` (`<|image_pad|>`) that has a picture (in order) widened to its merged patch
-    tokens and those tokens' embeddings replaced by the vision tower's. `model` is a Qwen2_5_VLModel (the
-    encoder's `.model`); shared by the edit encoders and TextGenerate."""
+    picture or video) of `ids` with each `pad` (`<|image_pad|>`) that has a picture, and each `video_pad`
+    (`<|video_pad|>`) that has a video (IMAGE frames sampled at `video_fps`), in order, widened to its merged
+    patch tokens and those tokens' embeddings replaced by the vision tower's. A video's temporal patches
+    step the time axis by tokens_per_second * temporal_patch / video_fps (Qwen2.5-VL's absolute time).
+    `model` is a Qwen2_5_VLModel (the encoder's `.model`); shared by the edit encoders and TextGenerate."""
     import torch
 
     param = next(model.visual.parameters())
-    pictures = [vision_patches(image, model.visual.config) for image in images[:ids.count(pad)]]
-    merge = model.visual.config.spatial_merge_size ** 2
-    expanded, is_image, left = [], [], list(pictures)
+    config = model.visual.config
+    left = {pad: [(1, image, vision_patches) for image in images]}
+    if videos and video_pad is not None:
+        left[video_pad] = [(2, video, video_patches) for video in videos]
+    merge = config.spatial_merge_size ** 2
+    expanded, kinds, used = [], [], {1: [], 2: []}
     for token in ids:
-        count = int(left.pop(0)[1].prod()) // merge if token == pad and left else 0
-        expanded += [token] * max(count, 1)
-        is_image += [1] * count if count else [0]
+        if not left.get(token):
+            expanded.append(token)
+            kinds.append(0)
+            continue
+        kind, frames, patches_of = left[token].pop(0)
+        patches, grid = patches_of(frames, config)
+        used[kind].append((patches, grid))
+        count = int(grid.prod()) // merge
+        expanded += [token] * count
+        kinds += [kind] * count
     tokens = torch.tensor([expanded], device=param.device)
     embeds = model.get_input_embeddings()(tokens)
-    positions = None
-    if pictures:
-        grid = torch.cat([g for _p, g in pictures]).to(param.device)
-        patches = torch.cat([p for p, _g in pictures]).to(param.device, param.dtype)
-        features = model.get_image_features(patches, image_grid_thw=grid, return_dict=True).pooler_output
-        mask = torch.tensor(is_image, device=param.device).bool()
-        embeds[0, mask] = torch.cat(features).to(embeds.dtype)
-        positions, _delta = model.get_rope_index(tokens, mm_token_type_ids=mask.int()[None], image_grid_thw=grid)
-    return tokens, embeds, positions
+    if not used[1] and not used[2]:
+        return tokens, embeds, None
+    mask = torch.tensor(kinds, device=param.device)
+    for kind, features_of in ((1, model.get_image_features), (2, model.get_video_features)):
+        if used[kind]:
+            grid = torch.cat([g for _p, g in used[kind]]).to(param.device)
+            patches = torch.cat([p for p, _g in used[kind]]).to(param.device, param.dtype)
+            features = features_of(patches, grid, return_dict=True).pooler_output
+            embeds[0, mask == kind] = torch.cat(features).to(embeds.dtype)
+    grids = {kind: [g[0].tolist() for _p, g in found] for kind, found in used.items()}
+    positions = rope_positions(kinds, grids, config.tokens_per_second * config.temporal_patch_size / video_fps,
+                               config.spatial_merge_size)
+    return tokens, embeds, positions.to(param.device)
+
+
+def rope_positions(kinds: list[int], grids: dict, video_step: float, merge: int):
+    """Qwen2.5-VL's 3-D rotary positions [3, 1, T] (time, row, column) of a sequence whose tokens are text
+    (kind 0), picture (1) or video (2) tokens; `grids` holds each kind's [t, h, w] patch grids in order.
+    Text counts up on all three axes. A vision block starts at the next free position: its merged cells
+    add their row and column to it, a video's temporal patch k adds k * `video_step` (tokens_per_second x
+    seconds per temporal patch) to its time, a picture's time stays. The text after a block resumes one
+    past the block's largest position, as Qwen's own implementation places it (transformers 5.3+ resumes
+    past the larger merged side only, which differs once a video's time outgrows its sides)."""
+    import torch
+
+    out = torch.empty(3, len(kinds), dtype=torch.long)
+    left = {kind: list(g) for kind, g in grids.items()}
+    at, i = 0, 0
+    while i < len(kinds):
+        if kinds[i] == 0:
+            out[:, i] = at
+            at, i = at + 1, i + 1
+            continue
+        t, h, w = left[kinds[i]].pop(0)
+        h, w = h // merge, w // merge
+        times = (torch.arange(t) * (video_step if kinds[i] == 2 else 0)).long()
+        block = torch.stack(torch.meshgrid(times, torch.arange(h), torch.arange(w), indexing="ij")).reshape(3, -1)
+        out[:, i:i + block.shape[1]] = block + at
+        at, i = int(block.max()) + at + 1, i + block.shape[1]
+    return out[:, None]
 
 
 def _reference(vae, pixels):

@@ -117,7 +117,7 @@ def test_pictures_are_placed_where_comfyui_places_them():
         place_pictures(block + block, 1, templated=False)
 
 
-def test_an_image_needs_a_vision_tower_and_video_audio_stay_refused(vl):
+def test_an_image_needs_a_vision_tower_and_misplaced_pads_are_refused(vl):
     from genloom.diffusion.models.handles import ClipHandle
 
     model = qwen_tiny.tiny_qwen3(3)
@@ -129,6 +129,7 @@ def test_an_image_needs_a_vision_tower_and_video_audio_stay_refused(vl):
         TextGenerate().run(vl["clip"], "<|image_pad|><|image_pad|>", 4, "off", image=_picture(0),
                            use_default_template=False)
     assert err.value.input_name == "prompt"
+    # video on a tokenizer without <|video_pad|>, audio anywhere (tests/nodes/test_text_generate_video.py)
     for name in ("video", "audio"):
         with pytest.raises(NodeInputError) as err:
             TextGenerate().run(vl["clip"], PROMPT, 4, "off", **{name: _picture(0)})
