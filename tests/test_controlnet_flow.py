@@ -22,6 +22,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+import tiny  # noqa: E402
 import tiny_flux  # noqa: E402
 
 PROMPT, SEED, W, H, STEPS = "a red cat on the grass", 7, 64, 48, 4
@@ -76,16 +77,8 @@ def flux_cn(tmp_path_factory):
 
 def _in_context(parts, tmp_path):
     """A CPU run context over `parts["root"]` for the test's duration (yields the parts)."""
-    from genloom.engine import context
-    from genloom.engine.folders import Folders
-
-    folders = Folders(models_dirs=[parts["root"]], input_dir=tmp_path / "input",
-                      output_dir=tmp_path / "output", temp_dir=tmp_path / "temp")
-    token = context.use(context.RunContext(device_choice="cpu", folders=folders))
-    try:
+    with tiny.cpu_context([parts["root"]], tmp_path):
         yield parts
-    finally:
-        context.reset(token)
 
 
 @pytest.fixture

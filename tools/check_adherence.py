@@ -119,7 +119,6 @@ def generate_diffusers(model: Path, prompts: list[str], seeds: list[int], settin
 def generate_genloom(workflow_path: Path, prompts: list[str], seeds: list[int], settings: dict):
     """uint8 pictures from genloom.Engine running the shipped workflow with prompt and seed overridden."""
     import genloom
-    from PIL import Image
 
     nodes = _api_nodes(json.loads(workflow_path.read_text()))
     ks_id = _find(nodes, "KSampler")
@@ -134,11 +133,16 @@ def generate_genloom(workflow_path: Path, prompts: list[str], seeds: list[int], 
             wf[ks_id]["inputs"].update(seed=seed, steps=settings["steps"], cfg=settings["cfg"],
                                        sampler_name=settings["sampler_name"], scheduler=settings["scheduler"])
             wf[save_id]["inputs"]["filename_prefix"] = f"adherence_{i:03d}"
-            result = engine.run(wf)
-            info = result.outputs[save_id]["images"][0]
-            path = Path(out_dir, info.get("subfolder", ""), info["filename"])
-            images.append(np.asarray(Image.open(path).convert("RGB")))
+            images.append(saved_picture(engine.run(wf), save_id, out_dir))
     return images
+
+
+def saved_picture(result, save_id: str, out_dir) -> np.ndarray:
+    """The first picture a run's SaveImage node wrote, as uint8 RGB."""
+    from PIL import Image
+
+    info = result.outputs[save_id]["images"][0]
+    return np.asarray(Image.open(Path(out_dir, info.get("subfolder", ""), info["filename"])).convert("RGB"))
 
 
 # ---- driver -------------------------------------------------------------------------------------

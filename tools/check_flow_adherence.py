@@ -19,11 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import scenes  # noqa: E402
-from check_adherence import _api_nodes, _find, _save_grid  # noqa: E402
+from check_adherence import _api_nodes, _find, _save_grid, saved_picture  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_WORKFLOW = REPO / "workflows" / "flux_txt2img.json"
@@ -34,7 +33,6 @@ def generate(workflow_path: Path, prompts: list[str], seeds: list[int], guidance
              steps: int | None = None, models_dirs: list | None = None):
     """uint8 pictures from genloom.Engine running the workflow with prompt and noise seed overridden."""
     import genloom
-    from PIL import Image
 
     nodes = _api_nodes(json.loads(workflow_path.read_text()))
     text_id, noise_id = _find(nodes, "CLIPTextEncode"), _find(nodes, "RandomNoise")
@@ -53,10 +51,7 @@ def generate(workflow_path: Path, prompts: list[str], seeds: list[int], guidance
             if steps is not None:
                 wf[sched_id]["inputs"]["steps"] = steps
             wf[save_id]["inputs"]["filename_prefix"] = f"flow_{i:03d}"
-            result = engine.run(wf)
-            info = result.outputs[save_id]["images"][0]
-            path = Path(out_dir, info.get("subfolder", ""), info["filename"])
-            images.append(np.asarray(Image.open(path).convert("RGB")))
+            images.append(saved_picture(engine.run(wf), save_id, out_dir))
     return images
 
 

@@ -29,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import scenes  # noqa: E402
-from train_tiny_model import _lr, encode_latents  # noqa: E402  (the first model's schedule and encoder pass)
+from train_tiny_model import _lr, encode_latents, vae_step  # noqa: E402  (the first model's schedule, VAE step, encoder pass)
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "models"
@@ -141,14 +141,7 @@ def train_vae(vae, pixels, steps: int, batch: int, seed: int, lr: float, crop: i
         if crop and step < steps * 0.8:  # mostly on crops (4x cheaper), the last fifth on whole pictures
             i, j = (int(v) for v in torch.randint(0, x.shape[-1] - crop + 1, (2,), generator=gen))
             x = x[..., i:i + crop, j:j + crop]
-        post = vae.encode(x).latent_dist
-        z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
-        rec = vae.decode(z).sample
-        loss = torch.nn.functional.mse_loss(rec, x) + 0.5 * (rec - x).abs().mean() + 1e-6 * post.kl().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+        losses.append(vae_step(vae, opt, x, gen))
         if step % 10 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
     vae.eval()

@@ -158,11 +158,9 @@ def positions(rows: int, cols: int, device, index: float = 0, row0: int = 0, col
     is (0, row, column, 0), a reference image its own time index and offsets."""
     import torch
 
-    ids = torch.zeros(rows, cols, 4, device=device)
-    ids[..., 0] = index
-    ids[..., 1] = torch.arange(rows, device=device, dtype=torch.float32)[:, None] + row0
-    ids[..., 2] = torch.arange(cols, device=device, dtype=torch.float32)[None, :] + col0
-    return ids.reshape(rows * cols, 4)
+    from ..flux_model import position_ids  # Flux.1's three axes; Flux.2 adds a fourth, zero here
+
+    return torch.nn.functional.pad(position_ids(rows, cols, index, row0, col0, device), (0, 1))
 
 
 def reference_positions(sizes, grid: tuple, method: str) -> list:
